@@ -1,0 +1,141 @@
+//! `duet generate`: one prompt, one completion, printed as it is accepted or as one JSON object.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use duet_verifier::{ChatMessage, TokenId};
+use serde::Serialize;
+
+use super::options::ModelArgs;
+use crate::drafters::{ArModelDrafter, DrafterKind, NgramDrafter};
+use crate::engine::{self, Drafter, GenerateParams, Mode, Stats, StopReason};
+use crate::text::Utf8Stream;
+
+/// Flags of `duet generate`.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// The prompt text.
+    #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file instead.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Send the prompt as a user message through the model's chat template (from the GGUF metadata).
+    #[arg(long)]
+    pub chat: bool,
+    /// `ar`: verifier only; `hybrid`: speculative decoding with the drafter.
+    #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
+    pub mode: Mode,
+    /// Drafter for hybrid mode.
+    #[arg(long, value_enum, default_value_t = DrafterKind::Ngram)]
+    pub drafter: DrafterKind,
+    /// Most tokens to generate (1 to 65536).
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Most draft tokens verified per round (1 to 256).
+    #[arg(long, default_value_t = 8)]
+    pub block_size: usize,
+    /// Print one JSON object (text, token ids, stats) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub models: ModelArgs,
+}
+
+/// What `--json` prints.
+#[derive(Debug, Serialize)]
+struct Output<'a> {
+    text: String,
+    token_ids: &'a [TokenId],
+    stop_reason: StopReason,
+    mode: Mode,
+    drafter: Option<DrafterKind>,
+    verifier_model: String,
+    stats: &'a Stats,
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let prompt_text = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading --prompt-file {}", f.display()))?
+        }
+        (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
+    };
+    if prompt_text.trim().is_empty() {
+        bail!("the prompt is empty (--prompt / --prompt-file must contain text)");
+    }
+    let params = GenerateParams { max_tokens: args.max_tokens, mode: args.mode, block_size: args.block_size };
+    params.validate().map_err(|e| anyhow::anyhow!("{e} (--max-tokens / --block-size)"))?;
+
+    let verifier = args.models.load_verifier(1)?;
+    let info = verifier.info();
+    eprintln!("duet: verifier {} ({}) loaded in {:.1}s", info.description, info.path.display(), info.load_s);
+
+    let mut drafter: Option<Box<dyn Drafter>> = match (args.mode, args.drafter) {
+        (Mode::Ar, _) => None,
+        (Mode::Hybrid, DrafterKind::Ngram) => Some(Box::new(NgramDrafter::default())),
+        (Mode::Hybrid, DrafterKind::ArModel) => {
+            let model = args.models.load_drafter_model(1)?;
+            eprintln!("duet: drafting model {} loaded in {:.1}s", model.info().description, model.info().load_s);
+            Some(Box::new(ArModelDrafter::new(&model, info, 0.0).context("pairing the drafting model with the verifier")?))
+        }
+    };
+
+    let prompt_text = if args.chat {
+        verifier
+            .chat_prompt(&[ChatMessage { role: "user".into(), content: prompt_text }])
+            .context("applying the chat template")?
+    } else {
+        prompt_text
+    };
+    tracing::debug!(prompt = %prompt_text, "prompt text");
+    let prompt = verifier.tokenize(&prompt_text, true).context("tokenizing the prompt")?;
+    let mut session = verifier.open_session().context("opening a verifier session")?;
+
+    let mut text = Utf8Stream::default();
+    let stream = !args.json;
+    let mut stdout = std::io::stdout().lock();
+    let mut on_tokens = |toks: &[TokenId]| {
+        if stream {
+            let chunk = text.push(&info.detokenize(toks));
+            // A closed stdout (e.g. `| head`) cancels the generation.
+            return stdout.write_all(chunk.as_bytes()).and_then(|()| stdout.flush()).is_ok();
+        }
+        true
+    };
+    let is_eog = |t: TokenId| info.is_eog(t);
+    let generation = engine::generate(
+        &mut session,
+        drafter.as_mut().map(|d| d.as_mut() as &mut dyn Drafter),
+        &prompt,
+        &params,
+        &is_eog,
+        &mut on_tokens,
+    )
+    .context("generating")?;
+
+    if args.json {
+        let out = Output {
+            text: String::from_utf8_lossy(&info.detokenize(&generation.tokens)).into_owned(),
+            token_ids: &generation.tokens,
+            stop_reason: generation.stop,
+            mode: args.mode,
+            drafter: (args.mode == Mode::Hybrid).then_some(args.drafter),
+            verifier_model: info.path.display().to_string(),
+            stats: &generation.stats,
+        };
+        serde_json::to_writer(&mut stdout, &out).context("writing JSON")?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(stdout, "{}", text.finish())?;
+        let s = &generation.stats;
+        eprintln!(
+            "duet: {} tokens in {:.2}s ({:.1} tok/s), {} rounds, mean accepted length {:.2}, stop: {:?}",
+            s.generated_tokens, s.wall_s, s.tokens_per_s, s.rounds, s.mean_accepted_length, generation.stop
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! The `duet` command line. Subcommand names and flags are a contract that scripts and tests rely on.
+
+mod generate;
+mod models;
+mod options;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use generate::GenerateArgs;
+pub use options::{ModelArgs, default_models_dir};
+
+/// Duet: speculative decoding with a diffusion drafter and a llama.cpp verifier.
+#[derive(Debug, Parser)]
+#[command(name = "duet", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the default models in the models directory.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
+    /// Generate a completion for one prompt and print it (streamed) or, with --json, one JSON object.
+    Generate(GenerateArgs),
+}
+
+/// Parses the command line, runs it, and turns any error into one line on stderr and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Models { command } => models::run(command),
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings). llama.cpp's own logs arrive
+/// through `tracing` too.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

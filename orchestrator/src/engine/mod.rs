@@ -1,0 +1,35 @@
+//! The speculative engine: propose → verify → accept → re-mask, one round at a time.
+//!
+//! Each round the drafter proposes a block of tokens continuing the context; the verifier evaluates its
+//! pending token plus the whole block in one batched pass, accepts the longest prefix that matches its
+//! own greedy choices and adds one token of its own (the correction, or a bonus after a full accept).
+//! The rejected tail of the block goes back to the drafter in the next round ([`PreviousBlock`]). With
+//! no draft (the drafter found nothing, failed, or there is no room) the round is a plain AR step, so
+//! every emitted token is the verifier's own greedy choice: the output equals verifier-only decoding.
+
+mod drafter;
+mod round;
+mod stats;
+mod verifier;
+
+pub use drafter::{Draft, DraftError, DraftRequest, Drafter, PreviousBlock};
+pub use round::{GenerateParams, Generation, Mode, StopReason, generate};
+pub use stats::Stats;
+pub use verifier::VerifierSession;
+
+/// Errors that end a generation.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request is invalid; the message names the field and the limit.
+    #[error("{0}")]
+    Invalid(String),
+    /// The verifier failed.
+    #[error(transparent)]
+    Verifier(#[from] duet_verifier::VerifierError),
+    /// The client stopped listening.
+    #[error("the generation was cancelled")]
+    Cancelled,
+}
+
+#[cfg(test)]
+mod tests;

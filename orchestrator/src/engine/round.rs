@@ -1,0 +1,203 @@
+//! The round loop.
+
+use std::time::Instant;
+
+use duet_verifier::{Choice, TokenId};
+use serde::Serialize;
+
+use super::{Draft, DraftRequest, Drafter, EngineError, PreviousBlock, Stats, VerifierSession};
+
+/// Largest `max_tokens` a request may ask for.
+pub const MAX_TOKENS_LIMIT: usize = 1 << 16;
+/// Largest draft block.
+pub const MAX_BLOCK_SIZE: usize = 256;
+
+/// How tokens are produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Verifier only: one token per decode call.
+    Ar,
+    /// Speculative: the drafter proposes blocks, the verifier checks them.
+    Hybrid,
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    Eos,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The session's context is full.
+    ContextFull,
+}
+
+/// Per-generation settings.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateParams {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// `ar` or `hybrid`.
+    pub mode: Mode,
+    /// Most draft tokens per round in hybrid mode.
+    pub block_size: usize,
+}
+
+impl GenerateParams {
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if !(1..=MAX_TOKENS_LIMIT).contains(&self.max_tokens) {
+            return Err(EngineError::Invalid(format!(
+                "`max_tokens` must be between 1 and {MAX_TOKENS_LIMIT}, got {}",
+                self.max_tokens
+            )));
+        }
+        if !(1..=MAX_BLOCK_SIZE).contains(&self.block_size) {
+            return Err(EngineError::Invalid(format!(
+                "`block_size` must be between 1 and {MAX_BLOCK_SIZE}, got {}",
+                self.block_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The generated tokens (no end-of-generation token).
+    pub tokens: Vec<TokenId>,
+    /// The verifier's greedy choice behind each token, with its tie margin.
+    pub choices: Vec<Choice>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Counters and timings.
+    pub stats: Stats,
+}
+
+/// Runs one generation. `is_eog` tells end-of-generation tokens; `on_tokens` receives every batch of
+/// newly emitted tokens as soon as it is accepted and returns `false` to cancel.
+pub fn generate(
+    session: &mut dyn VerifierSession,
+    mut drafter: Option<&mut dyn Drafter>,
+    prompt: &[TokenId],
+    params: &GenerateParams,
+    is_eog: &dyn Fn(TokenId) -> bool,
+    on_tokens: &mut dyn FnMut(&[TokenId]) -> bool,
+) -> Result<Generation, EngineError> {
+    params.validate()?;
+    if prompt.is_empty() {
+        return Err(EngineError::Invalid("the prompt must not be empty".into()));
+    }
+    let room = session.room();
+    if prompt.len() >= room {
+        return Err(EngineError::Invalid(format!(
+            "the prompt has {} tokens but the context holds {room} (prompt plus at least one generated token); \
+             shorten the prompt or raise --ctx-size",
+            prompt.len()
+        )));
+    }
+    let started = Instant::now();
+    let mut stats = Stats { prompt_tokens: prompt.len(), ..Stats::default() };
+    let mut out = Emitter { tokens: Vec::new(), choices: Vec::new(), stop: None, max_tokens: params.max_tokens };
+
+    let first = session.prefill(prompt)?;
+    stats.verifier_s += started.elapsed().as_secs_f64();
+    stats.ttft_s = stats.verifier_s;
+    let mut context = prompt.to_vec();
+    let mut previous: Option<PreviousBlock> = None;
+    let mut pending = vec![first];
+
+    loop {
+        let start = out.tokens.len();
+        out.push(&pending, is_eog);
+        if out.tokens.len() > start && !on_tokens(&out.tokens[start..]) {
+            return Err(EngineError::Cancelled);
+        }
+        if out.stop.is_some() {
+            break;
+        }
+        context.extend(pending.iter().map(|c| c.token));
+        // The session holds the context minus its pending token; a round adds the pending token
+        // plus the draft.
+        let room = session.room();
+        if room == 0 {
+            out.stop = Some(StopReason::ContextFull);
+            break;
+        }
+        let remaining = params.max_tokens - out.tokens.len();
+        let max_len = params.block_size.min(remaining - 1).min(room - 1);
+
+        let draft = match (&mut drafter, params.mode) {
+            (Some(d), Mode::Hybrid) if max_len > 0 => {
+                let t = Instant::now();
+                let req = DraftRequest { context: &context, previous: previous.as_ref(), max_len };
+                let res = d.propose(&req);
+                stats.drafter_s += t.elapsed().as_secs_f64();
+                match res {
+                    Ok(mut draft) => {
+                        draft.tokens.truncate(max_len);
+                        draft
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "drafter failed; taking an AR step");
+                        stats.drafter_failures += 1;
+                        Draft::default()
+                    }
+                }
+            }
+            _ => Draft::default(),
+        };
+
+        let t = Instant::now();
+        stats.rounds += 1;
+        stats.draft_lengths.push(draft.tokens.len());
+        if draft.tokens.is_empty() {
+            pending = vec![session.step()?];
+            previous = None;
+        } else {
+            let verdict = session.verify(&draft.tokens)?;
+            stats.drafted += draft.tokens.len();
+            stats.accepted += verdict.accepted;
+            previous = Some(PreviousBlock {
+                draft: draft.tokens.clone(),
+                accepted: verdict.accepted,
+                correction: verdict.next.token,
+            });
+            // The accepted drafts are the verifier's own choices at those positions.
+            pending = verdict.choices;
+        }
+        stats.verifier_s += t.elapsed().as_secs_f64();
+    }
+
+    stats.finish(started.elapsed().as_secs_f64(), out.tokens.len());
+    let stop = out.stop.unwrap_or(StopReason::MaxTokens);
+    Ok(Generation { tokens: out.tokens, choices: out.choices, stop, stats })
+}
+
+/// Collects emitted tokens and applies the stop rules.
+struct Emitter {
+    tokens: Vec<TokenId>,
+    choices: Vec<Choice>,
+    stop: Option<StopReason>,
+    max_tokens: usize,
+}
+
+impl Emitter {
+    fn push(&mut self, choices: &[Choice], is_eog: &dyn Fn(TokenId) -> bool) {
+        for c in choices {
+            if is_eog(c.token) {
+                self.stop = Some(StopReason::Eos);
+                return;
+            }
+            self.tokens.push(c.token);
+            self.choices.push(*c);
+            if self.tokens.len() >= self.max_tokens {
+                self.stop = Some(StopReason::MaxTokens);
+                return;
+            }
+        }
+    }
+}

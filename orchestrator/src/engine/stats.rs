@@ -1,0 +1,46 @@
+//! Per-generation statistics, as `duet generate --json` prints them.
+
+use serde::Serialize;
+
+/// What one generation did and how long it took.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Stats {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens emitted (end-of-generation token not counted).
+    pub generated_tokens: usize,
+    /// Verifier calls after the prompt: one per AR step or verified block.
+    pub rounds: usize,
+    /// Draft tokens sent to the verifier.
+    pub drafted: usize,
+    /// Draft tokens the verifier accepted.
+    pub accepted: usize,
+    /// Tokens gained per round, the verifier's own token included (τ); 1.0 for plain decoding.
+    pub mean_accepted_length: f64,
+    /// Wall time from the prompt to the last token, in seconds.
+    pub wall_s: f64,
+    /// Generated tokens per second of wall time.
+    pub tokens_per_s: f64,
+    /// Time to the first token (prompt evaluation), in seconds.
+    pub ttft_s: f64,
+    /// Time spent in the drafter, in seconds.
+    pub drafter_s: f64,
+    /// Time spent in the verifier, prompt included, in seconds.
+    pub verifier_s: f64,
+    /// Draft lengths the engine chose, one per round (0 for an AR step).
+    pub draft_lengths: Vec<usize>,
+    /// Drafter failures that fell back to an AR step.
+    pub drafter_failures: usize,
+}
+
+impl Stats {
+    /// Fills the derived fields once the generation is over.
+    pub(crate) fn finish(&mut self, wall_s: f64, generated_tokens: usize) {
+        self.wall_s = wall_s;
+        self.generated_tokens = generated_tokens;
+        self.tokens_per_s = if wall_s > 0.0 { generated_tokens as f64 / wall_s } else { 0.0 };
+        // The first token comes from the prompt pass, not from a round.
+        let from_rounds = self.rounds + self.accepted;
+        self.mean_accepted_length = if self.rounds > 0 { from_rounds as f64 / self.rounds as f64 } else { 0.0 };
+    }
+}

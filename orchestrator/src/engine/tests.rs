@@ -1,0 +1,192 @@
+//! Engine behaviour on a tiny deterministic stand-in for the verifier.
+
+use duet_verifier::greedy::accept_prefix;
+use duet_verifier::{Choice, TokenId, Verdict, VerifierError};
+
+use super::*;
+use crate::drafters::NgramDrafter;
+
+/// A toy language model: the next token is a fixed function of the last two tokens, over a vocabulary
+/// of 12 tokens where 11 is end-of-generation. Periodic enough for n-gram lookup to hit sometimes.
+fn next_token(ctx: &[TokenId]) -> TokenId {
+    let a = ctx.last().copied().unwrap_or(0);
+    let b = ctx.len().checked_sub(2).map_or(0, |i| ctx[i]);
+    (a * 7 + b * 3 + 1) % 11
+}
+
+struct FakeSession {
+    ctx: Vec<TokenId>,
+    pending: Option<TokenId>,
+    limit: usize,
+    eos_after: Option<usize>,
+}
+
+impl FakeSession {
+    fn new(limit: usize) -> Self {
+        Self { ctx: vec![], pending: None, limit, eos_after: None }
+    }
+    fn choice(&self, ctx: &[TokenId]) -> Choice {
+        let token = match self.eos_after {
+            Some(n) if ctx.len() >= n => 11,
+            _ => next_token(ctx),
+        };
+        Choice { token, prob: 1.0, margin: 1.0 }
+    }
+}
+
+impl VerifierSession for FakeSession {
+    fn prefill(&mut self, prompt: &[TokenId]) -> Result<Choice, VerifierError> {
+        self.ctx = prompt.to_vec();
+        let c = self.choice(&self.ctx);
+        self.pending = Some(c.token);
+        Ok(c)
+    }
+    fn step(&mut self) -> Result<Choice, VerifierError> {
+        self.ctx.push(self.pending.take().expect("pending"));
+        assert!(self.ctx.len() <= self.limit, "step past the context limit");
+        let c = self.choice(&self.ctx);
+        self.pending = Some(c.token);
+        Ok(c)
+    }
+    fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
+        assert!(self.ctx.len() + 1 + draft.len() <= self.limit, "verify past the context limit");
+        let mut ctx = self.ctx.clone();
+        ctx.push(self.pending.expect("pending"));
+        let mut choices = Vec::new();
+        for i in 0..=draft.len() {
+            choices.push(self.choice(&ctx));
+            if i < draft.len() {
+                ctx.push(draft[i]);
+            }
+        }
+        let accepted = accept_prefix(draft, &choices);
+        self.ctx.push(self.pending.take().expect("pending"));
+        self.ctx.extend_from_slice(&draft[..accepted]);
+        choices.truncate(accepted + 1);
+        let next = choices[accepted];
+        self.pending = Some(next.token);
+        Ok(Verdict { accepted, next, choices })
+    }
+    fn room(&self) -> usize {
+        self.limit - self.ctx.len()
+    }
+}
+
+/// Proposes a fixed pseudo-random block: mostly wrong, sometimes right.
+struct NoisyDrafter(u32);
+impl Drafter for NoisyDrafter {
+    fn name(&self) -> &str {
+        "noisy"
+    }
+    fn propose(&mut self, req: &DraftRequest<'_>) -> Result<Draft, DraftError> {
+        let mut ctx = req.context.to_vec();
+        let mut tokens = vec![];
+        for _ in 0..req.max_len {
+            self.0 = self.0.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let t = if (self.0 >> 16) % 3 == 0 { (self.0 >> 8) % 11 } else { next_token(&ctx) };
+            tokens.push(t);
+            ctx.push(t);
+        }
+        Ok(Draft { probs: vec![1.0; tokens.len()], tokens })
+    }
+}
+
+struct FailingDrafter;
+impl Drafter for FailingDrafter {
+    fn name(&self) -> &str {
+        "failing"
+    }
+    fn propose(&mut self, _: &DraftRequest<'_>) -> Result<Draft, DraftError> {
+        Err(DraftError { drafter: "failing".into(), reason: "down".into() })
+    }
+}
+
+fn params(mode: Mode, max_tokens: usize, block_size: usize) -> GenerateParams {
+    GenerateParams { max_tokens, mode, block_size }
+}
+
+fn run(session: &mut FakeSession, drafter: Option<&mut dyn Drafter>, p: GenerateParams) -> Generation {
+    generate(session, drafter, &[1, 2, 3], &p, &|t| t == 11, &mut |_| true).expect("generation")
+}
+
+#[test]
+fn greedy_hybrid_equals_ar_with_any_drafter() {
+    let ar = run(&mut FakeSession::new(1000), None, params(Mode::Ar, 200, 8));
+    for block in [1, 3, 8, 16] {
+        let ng = run(&mut FakeSession::new(1000), Some(&mut NgramDrafter::new(1, 3)), params(Mode::Hybrid, 200, block));
+        assert_eq!(ng.tokens, ar.tokens, "ngram, block {block}");
+        let noisy = run(&mut FakeSession::new(1000), Some(&mut NoisyDrafter(block as u32)), params(Mode::Hybrid, 200, block));
+        assert_eq!(noisy.tokens, ar.tokens, "noisy, block {block}");
+        assert!(noisy.stats.accepted > 0 && noisy.stats.accepted < noisy.stats.drafted);
+    }
+}
+
+#[test]
+fn max_tokens_is_exact_even_when_a_block_overshoots() {
+    for max in [1, 2, 5, 17] {
+        let g = run(&mut FakeSession::new(1000), Some(&mut NoisyDrafter(7)), params(Mode::Hybrid, max, 8));
+        assert_eq!(g.tokens.len(), max);
+        assert_eq!(g.stop, StopReason::MaxTokens);
+        assert_eq!(g.stats.generated_tokens, max);
+    }
+}
+
+#[test]
+fn generation_stops_at_end_of_generation_without_emitting_it() {
+    let mut s = FakeSession::new(1000);
+    s.eos_after = Some(10);
+    let g = run(&mut s, Some(&mut NoisyDrafter(1)), params(Mode::Hybrid, 100, 4));
+    assert_eq!(g.stop, StopReason::Eos);
+    assert_eq!(g.tokens.len(), 7, "3 prompt tokens + 7 generated = 10");
+    assert!(!g.tokens.contains(&11));
+}
+
+#[test]
+fn a_failing_drafter_falls_back_to_ar_steps() {
+    let ar = run(&mut FakeSession::new(1000), None, params(Mode::Ar, 30, 8));
+    let g = run(&mut FakeSession::new(1000), Some(&mut FailingDrafter), params(Mode::Hybrid, 30, 8));
+    assert_eq!(g.tokens, ar.tokens);
+    assert_eq!(g.stats.drafter_failures, 28, "the last round has room for no draft");
+}
+
+#[test]
+fn generation_stops_when_the_context_is_full() {
+    let g = run(&mut FakeSession::new(20), Some(&mut NoisyDrafter(3)), params(Mode::Hybrid, 100, 8));
+    assert_eq!(g.stop, StopReason::ContextFull);
+    let ar = run(&mut FakeSession::new(20), None, params(Mode::Ar, 100, 8));
+    assert_eq!(g.tokens, ar.tokens);
+}
+
+#[test]
+fn bad_requests_are_refused_with_the_field_named() {
+    let mut s = FakeSession::new(10);
+    let err = |p: GenerateParams, prompt: &[TokenId], s: &mut FakeSession| {
+        generate(s, None, prompt, &p, &|_| false, &mut |_| true).unwrap_err().to_string()
+    };
+    assert!(err(params(Mode::Ar, 0, 8), &[1], &mut s).contains("`max_tokens` must be between 1 and"));
+    assert!(err(params(Mode::Ar, 1 << 20, 8), &[1], &mut s).contains("`max_tokens`"));
+    assert!(err(params(Mode::Ar, 5, 0), &[1], &mut s).contains("`block_size`"));
+    assert!(err(params(Mode::Ar, 5, 8), &[], &mut s).contains("prompt must not be empty"));
+    assert!(err(params(Mode::Ar, 5, 8), &[1; 10], &mut s).contains("the context holds 10"));
+}
+
+#[test]
+fn stats_count_rounds_and_tau() {
+    let g = run(&mut FakeSession::new(1000), Some(&mut NoisyDrafter(5)), params(Mode::Hybrid, 60, 4));
+    let s = &g.stats;
+    assert_eq!(s.rounds, s.draft_lengths.len());
+    assert!((s.mean_accepted_length - (s.rounds + s.accepted) as f64 / s.rounds as f64).abs() < 1e-9);
+    let ar = run(&mut FakeSession::new(1000), None, params(Mode::Ar, 60, 4));
+    assert_eq!(ar.stats.rounds, 59);
+    assert_eq!(ar.stats.mean_accepted_length, 1.0);
+}
+
+#[test]
+fn a_cancelled_stream_stops_the_generation() {
+    let mut n = 0;
+    let r = generate(&mut FakeSession::new(100), None, &[1], &params(Mode::Ar, 50, 4), &|_| false, &mut |_| {
+        n += 1;
+        n < 3
+    });
+    assert!(matches!(r, Err(EngineError::Cancelled)));
+}

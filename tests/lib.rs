@@ -1,0 +1,68 @@
+//! Helpers shared by the end-to-end tests: where the real models are, one shared verifier per test
+//! binary, and the prompt suites in `tests/data/`.
+//!
+//! These tests use the real Qwen2.5-Coder-0.5B model. They fail (not skip) when it is missing:
+//! `scripts/fetch-models.sh` (run by `.ci/run`) puts it in `models/`.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use duet_verifier::{ChatMessage, TokenId, Verifier, VerifierConfig};
+use serde::Deserialize;
+
+/// The models directory: `$DUET_MODELS_DIR` or `models/` at the workspace root.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("DUET_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"))
+}
+
+/// The small real verifier used by the tests.
+pub fn small_model_path() -> PathBuf {
+    let p = models_dir().join("qwen2.5-coder-0.5b-instruct.gguf");
+    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh qwen-0.5b", p.display());
+    p
+}
+
+/// One loaded 0.5B verifier shared by every test of a binary (the model loads once).
+pub fn small_verifier() -> &'static Verifier {
+    static V: OnceLock<Verifier> = OnceLock::new();
+    V.get_or_init(|| {
+        let mut cfg = VerifierConfig::new(small_model_path());
+        cfg.ctx_size = 2048;
+        cfg.max_sessions = 8;
+        Verifier::load(cfg).expect("loading the 0.5B verifier")
+    })
+}
+
+/// One prompt of a test suite.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TestPrompt {
+    /// Short name.
+    pub id: String,
+    /// The text.
+    pub prompt: String,
+    /// Whether it goes through the chat template.
+    #[serde(default)]
+    pub chat: bool,
+}
+
+/// Reads a JSONL suite from `tests/data/`.
+pub fn load_prompts(file: &str) -> Vec<TestPrompt> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line in {file}: {e}: {l}")))
+        .collect()
+}
+
+/// The prompt's tokens as `duet generate` builds them (chat template applied where asked).
+pub fn prompt_tokens(v: &Verifier, p: &TestPrompt) -> Vec<TokenId> {
+    let text = if p.chat {
+        v.chat_prompt(&[ChatMessage { role: "user".into(), content: p.prompt.clone() }]).expect("chat template")
+    } else {
+        p.prompt.clone()
+    };
+    v.tokenize(&text, true).expect("tokenize")
+}

@@ -1,0 +1,44 @@
+//! Verifier configuration: which model, how much context, how many threads.
+
+use std::path::PathBuf;
+
+/// Default per-session context length in tokens.
+pub const DEFAULT_CTX_SIZE: u32 = 4096;
+/// Default number of sessions one verifier serves at once.
+pub const DEFAULT_MAX_SESSIONS: u32 = 4;
+/// Largest batch one decode call may hold: prompt chunks and verification blocks.
+pub const DEFAULT_BATCH_SIZE: u32 = 512;
+
+/// How to load the verifier model.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// Path of the GGUF model file.
+    pub model_path: PathBuf,
+    /// Context length of every session, in tokens (prompt plus generated).
+    pub ctx_size: u32,
+    /// Sessions served at once; each gets its own KV cache stream of `ctx_size` tokens.
+    pub max_sessions: u32,
+    /// CPU threads for decoding (llama.cpp's `n_threads` and `n_threads_batch`).
+    pub threads: u32,
+    /// Largest number of tokens in one decode call.
+    pub batch_size: u32,
+}
+
+impl VerifierConfig {
+    /// A configuration with Duet's defaults for the given model file.
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        Self {
+            model_path: model_path.into(),
+            ctx_size: DEFAULT_CTX_SIZE,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            threads: default_threads(),
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+/// All cores of the machine: decoding is bound by memory bandwidth and a batch by compute, and both
+/// gain from every core on a small CPU.
+pub fn default_threads() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2)
+}

@@ -1,0 +1,152 @@
+//! The caller's side of the verifier thread: a cloneable [`Verifier`] handle and per-generation
+//! [`Session`]s. Every call sends one command over a bounded channel and blocks on its own reply
+//! channel, so callers never touch llama.cpp and the context never leaves its thread.
+
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+
+use crate::greedy::Choice;
+use crate::vocab::{ChatMessage, ModelInfo};
+use crate::worker::{self, Command};
+use crate::{TokenId, VerifierConfig, VerifierError};
+
+/// Commands waiting for the verifier thread before senders block.
+const QUEUE_DEPTH: usize = 64;
+
+/// A handle to a loaded verifier model. Cheap to clone; the model stays loaded while any handle or
+/// session lives.
+#[derive(Clone)]
+pub struct Verifier {
+    tx: SyncSender<Command>,
+    info: Arc<ModelInfo>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("model", &self.info.path).finish()
+    }
+}
+
+/// The outcome of verifying one draft block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Draft tokens accepted (a prefix of the block).
+    pub accepted: usize,
+    /// The verifier's own next token: the correction at the first rejected position, or the bonus
+    /// token after a fully accepted block. It becomes the session's pending token.
+    pub next: Choice,
+    /// The verifier's greedy choices at every position it kept: `accepted + 1` entries, the last
+    /// being `next`. Their margins show how close each decision was to a tie.
+    pub choices: Vec<Choice>,
+}
+
+impl Verifier {
+    /// Loads the model on a new dedicated thread and waits until it is ready or has failed.
+    pub fn load(config: VerifierConfig) -> Result<Self, VerifierError> {
+        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let (ready_tx, ready_rx) = sync_channel(1);
+        std::thread::Builder::new()
+            .name("duet-verifier".into())
+            .spawn(move || worker::run(config, rx, ready_tx))
+            .map_err(|e| VerifierError::Backend { op: "spawn thread", reason: e.to_string() })?;
+        let info = ready_rx.recv().map_err(|_| VerifierError::WorkerGone)??;
+        Ok(Self { tx, info: Arc::new(info) })
+    }
+
+    /// Facts about the loaded model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Tokenises text with the model's own tokenizer; with `parse_special`, special-token text such
+    /// as `<|im_start|>` becomes the special token.
+    pub fn tokenize(&self, text: &str, parse_special: bool) -> Result<Vec<TokenId>, VerifierError> {
+        self.call(|reply| Command::Tokenize { text: text.to_owned(), parse_special, reply })
+    }
+
+    /// Formats chat messages with the model's chat template, ending with an open assistant turn.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, VerifierError> {
+        let messages = self.info.with_default_system(messages);
+        self.call(|reply| Command::ChatPrompt { messages, reply })
+    }
+
+    /// Opens a session (one llama.cpp sequence with its own KV cache).
+    pub fn open_session(&self) -> Result<Session, VerifierError> {
+        let seq = self.call(|reply| Command::Open { reply })?;
+        Ok(Session { seq, len: 0, verifier: self.clone() })
+    }
+
+    fn call<T>(
+        &self,
+        make: impl FnOnce(SyncSender<Result<T, VerifierError>>) -> Command,
+    ) -> Result<T, VerifierError> {
+        let (reply, rx) = sync_channel(1);
+        self.tx.send(make(reply)).map_err(|_| VerifierError::WorkerGone)?;
+        rx.recv().map_err(|_| VerifierError::WorkerGone)?
+    }
+}
+
+/// One generation's sequence on the verifier. Holds the tokens in the KV cache and one pending token
+/// (the verifier's choice for the next position, not yet evaluated). Dropping it frees the sequence.
+#[derive(Debug)]
+pub struct Session {
+    seq: i32,
+    len: usize,
+    verifier: Verifier,
+}
+
+impl Session {
+    /// Makes the KV cache hold exactly `tokens` (reusing the longest prefix already cached and
+    /// removing the rest) and returns the verifier's choice for the next position, which becomes the
+    /// pending token. Used for the prompt and to re-synchronise a drafting model with the context.
+    pub fn prefill(&mut self, tokens: &[TokenId]) -> Result<Choice, VerifierError> {
+        let seq = self.seq;
+        let choice = self.verifier.call(|reply| Command::Feed { seq, tokens: tokens.to_vec(), reply })?;
+        self.len = tokens.len();
+        Ok(choice)
+    }
+
+    /// Evaluates the pending token alone (plain autoregressive decoding) and returns the next choice.
+    pub fn step(&mut self) -> Result<Choice, VerifierError> {
+        let seq = self.seq;
+        let choice = self.verifier.call(|reply| Command::Step { seq, reply })?;
+        self.len += 1;
+        Ok(choice)
+    }
+
+    /// Evaluates the pending token and `draft` in one decode call, accepts the longest matching
+    /// prefix, and removes the rejected positions from the KV cache.
+    pub fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
+        let seq = self.seq;
+        let verdict = self.verifier.call(|reply| Command::Verify { seq, draft: draft.to_vec(), reply })?;
+        self.len += 1 + verdict.accepted;
+        Ok(verdict)
+    }
+
+    /// Tokens in the KV cache (the pending token not counted).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been evaluated yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Tokens the session can still hold before its context is full.
+    pub fn room(&self) -> usize {
+        self.verifier.info.ctx_size.saturating_sub(self.len)
+    }
+
+    /// The verifier this session runs on.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The worker may already be gone at process exit; nothing is left to free then.
+        let _ = self.verifier.tx.send(Command::Close { seq: self.seq });
+    }
+}

@@ -1,0 +1,365 @@
+//! The verifier thread: owns the llama.cpp backend, model and context, and serves commands one at a
+//! time from a bounded channel. `LlamaContext` borrows the model and is not shared, so everything that
+//! touches llama.cpp happens here.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+
+use crate::greedy::{Choice, accept_prefix, choose};
+use crate::handle::Verdict;
+use crate::vocab::{ChatMessage, ModelInfo};
+use crate::{TokenId, VerifierConfig, VerifierError, batch_invariance};
+
+type Reply<T> = SyncSender<Result<T, VerifierError>>;
+
+/// A request to the verifier thread; each carries its own reply channel.
+pub(crate) enum Command {
+    Tokenize { text: String, parse_special: bool, reply: Reply<Vec<TokenId>> },
+    ChatPrompt { messages: Vec<ChatMessage>, reply: Reply<String> },
+    Open { reply: Reply<i32> },
+    Close { seq: i32 },
+    Feed { seq: i32, tokens: Vec<TokenId>, reply: Reply<Choice> },
+    Step { seq: i32, reply: Reply<Choice> },
+    Verify { seq: i32, draft: Vec<TokenId>, reply: Reply<Verdict> },
+}
+
+/// llama.cpp's backend may be initialised once per process; every verifier thread shares it.
+fn backend() -> Result<&'static LlamaBackend, VerifierError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            batch_invariance::apply();
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| VerifierError::Backend { op: "backend init", reason: e.clone() })
+}
+
+/// Thread body: load, report readiness, then serve until every handle is dropped.
+pub(crate) fn run(config: VerifierConfig, rx: Receiver<Command>, ready: SyncSender<Result<ModelInfo, VerifierError>>) {
+    let started = Instant::now();
+    let loaded = (|| {
+        let backend = backend()?;
+        check_config(&config)?;
+        let model = load_model(backend, &config)?;
+        Ok((backend, model))
+    })();
+    let (backend, model) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let ctx = match new_context(backend, &model, &config) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut info = model_info(&model, &config);
+    info.load_s = started.elapsed().as_secs_f64();
+    tracing::info!(model = %config.model_path.display(), load_s = info.load_s, "verifier loaded");
+    if ready.send(Ok(info)).is_err() {
+        return;
+    }
+    let mut worker = Worker { model: &model, ctx, config, sessions: HashMap::new() };
+    while let Ok(cmd) = rx.recv() {
+        worker.handle(cmd);
+    }
+}
+
+fn check_config(config: &VerifierConfig) -> Result<(), VerifierError> {
+    if !config.model_path.is_file() {
+        return Err(VerifierError::ModelMissing(config.model_path.clone()));
+    }
+    if !(16..=1 << 20).contains(&config.ctx_size) {
+        return Err(VerifierError::Config(format!("`ctx_size` must be between 16 and 1048576, got {}", config.ctx_size)));
+    }
+    if !(1..=64).contains(&config.max_sessions) {
+        return Err(VerifierError::Config(format!("`max_sessions` must be between 1 and 64, got {}", config.max_sessions)));
+    }
+    if !(1..=256).contains(&config.threads) {
+        return Err(VerifierError::Config(format!("`threads` must be between 1 and 256, got {}", config.threads)));
+    }
+    if !(8..=8192).contains(&config.batch_size) {
+        return Err(VerifierError::Config(format!("`batch_size` must be between 8 and 8192, got {}", config.batch_size)));
+    }
+    Ok(())
+}
+
+fn load_model(backend: &LlamaBackend, config: &VerifierConfig) -> Result<LlamaModel, VerifierError> {
+    LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default()).map_err(|e| {
+        VerifierError::ModelLoad { path: config.model_path.clone(), reason: e.to_string() }
+    })
+}
+
+fn new_context<'m>(
+    backend: &LlamaBackend,
+    model: &'m LlamaModel,
+    config: &VerifierConfig,
+) -> Result<LlamaContext<'m>, VerifierError> {
+    let n_ctx = config.ctx_size.checked_mul(config.max_sessions).and_then(NonZeroU32::new);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(n_ctx)
+        .with_n_seq_max(config.max_sessions)
+        // One KV stream per sequence: a session's cache layout (and so its floating-point results)
+        // must not depend on what other sessions do.
+        .with_kv_unified(false)
+        .with_n_batch(config.batch_size)
+        .with_n_ubatch(config.batch_size)
+        .with_n_threads(config.threads as i32)
+        .with_n_threads_batch(config.threads as i32)
+        // Flash attention keeps attention batch-invariant on CPU; without it batches of 2 already differ.
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED);
+    model.new_context(backend, params).map_err(|e| VerifierError::Context(e.to_string()))
+}
+
+fn model_info(model: &LlamaModel, config: &VerifierConfig) -> ModelInfo {
+    let vocab = model.vocab();
+    let n = vocab.n_tokens().max(0) as usize;
+    let mut pieces = Vec::with_capacity(n);
+    let mut eog = Vec::new();
+    for t in 0..n as i32 {
+        let tok = LlamaToken(t);
+        if vocab.is_eog(tok) {
+            eog.push(t as TokenId);
+        }
+        pieces.push(vocab.token_to_piece(tok, false, None));
+    }
+    let chat_template = model.meta_val_str("tokenizer.chat_template").ok();
+    let description = model.meta_val_str("general.name").unwrap_or_else(|_| "unnamed model".into());
+    ModelInfo {
+        path: config.model_path.clone(),
+        description,
+        n_vocab: n,
+        n_layer: model.n_layer(),
+        n_embd: model.n_embd().max(0) as u32,
+        ctx_size: config.ctx_size as usize,
+        eog,
+        pieces,
+        chat_template,
+        load_s: 0.0,
+    }
+}
+
+/// Per-sequence state on the verifier thread.
+#[derive(Default)]
+struct SeqState {
+    /// Tokens whose keys and values are in the cache, in position order.
+    tokens: Vec<TokenId>,
+    /// The verifier's choice for the next position, not yet evaluated.
+    pending: Option<TokenId>,
+}
+
+struct Worker<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    config: VerifierConfig,
+    sessions: HashMap<i32, SeqState>,
+}
+
+impl Worker<'_> {
+    fn handle(&mut self, cmd: Command) {
+        // A caller that went away no longer wants its reply; sending into a closed channel is fine.
+        match cmd {
+            Command::Tokenize { text, parse_special, reply } => {
+                let toks = self.model.vocab().tokenize(text.as_bytes(), true, parse_special);
+                let _ = reply.send(Ok(toks.into_iter().map(|t| t.0 as TokenId).collect()));
+            }
+            Command::ChatPrompt { messages, reply } => {
+                let _ = reply.send(self.chat_prompt(&messages));
+            }
+            Command::Open { reply } => {
+                let _ = reply.send(self.open());
+            }
+            Command::Close { seq } => self.close(seq),
+            Command::Feed { seq, tokens, reply } => {
+                let _ = reply.send(self.feed(seq, &tokens));
+            }
+            Command::Step { seq, reply } => {
+                let _ = reply.send(self.step(seq));
+            }
+            Command::Verify { seq, draft, reply } => {
+                let _ = reply.send(self.verify(seq, &draft));
+            }
+        }
+    }
+
+    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, VerifierError> {
+        let tmpl = self.model.chat_template(None).map_err(|e| VerifierError::Backend {
+            op: "chat template",
+            reason: format!("{e} (the model has no usable chat template)"),
+        })?;
+        let msgs = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| VerifierError::InvalidRequest(format!("chat message: {e}")))?;
+        self.model
+            .apply_chat_template(&tmpl, &msgs, true)
+            .map_err(|e| VerifierError::Backend { op: "apply chat template", reason: e.to_string() })
+    }
+
+    fn open(&mut self) -> Result<i32, VerifierError> {
+        let seq = (0..self.config.max_sessions as i32)
+            .find(|s| !self.sessions.contains_key(s))
+            .ok_or(VerifierError::NoFreeSession(self.config.max_sessions))?;
+        self.remove_from(seq, 0)?;
+        self.sessions.insert(seq, SeqState::default());
+        Ok(seq)
+    }
+
+    fn close(&mut self, seq: i32) {
+        if self.sessions.remove(&seq).is_some()
+            && let Err(e) = self.remove_from(seq, 0)
+        {
+            tracing::warn!(seq, error = %e, "could not free a closed session's KV cache");
+        }
+    }
+
+    fn state(&mut self, seq: i32) -> Result<&mut SeqState, VerifierError> {
+        self.sessions.get_mut(&seq).ok_or_else(|| VerifierError::InvalidRequest(format!("session {seq} is not open")))
+    }
+
+    /// Removes the sequence's cache entries at positions `from..`.
+    fn remove_from(&mut self, seq: i32, from: usize) -> Result<(), VerifierError> {
+        self.ctx
+            .kv_cache_seq_rm(seq, Some(from as u32), None)
+            .map_err(|e| VerifierError::Backend { op: "remove KV entries", reason: e.to_string() })
+    }
+
+    fn check_room(&self, what: &'static str, needed: usize) -> Result<(), VerifierError> {
+        let limit = self.config.ctx_size as usize;
+        if needed > limit { Err(VerifierError::ContextFull { what, needed, limit }) } else { Ok(()) }
+    }
+
+    fn check_tokens(&self, tokens: &[TokenId]) -> Result<(), VerifierError> {
+        let n_vocab = self.model.vocab().n_tokens().max(0) as u32;
+        match tokens.iter().position(|&t| t >= n_vocab) {
+            Some(i) => Err(VerifierError::InvalidRequest(format!(
+                "token {i} has id {}, the vocabulary has {n_vocab} tokens",
+                tokens[i]
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Decodes `tokens` at positions `start..` of `seq`; logits are requested for the last
+    /// `logits_for` tokens, which must fit in one batch. Returns the greedy choice at each of them.
+    fn decode(&mut self, seq: i32, start: usize, tokens: &[TokenId], logits_for: usize) -> Result<Vec<Choice>, VerifierError> {
+        let batch_size = self.config.batch_size as usize;
+        debug_assert!(logits_for <= batch_size && logits_for <= tokens.len());
+        let first_logit = tokens.len() - logits_for;
+        let mut choices = Vec::with_capacity(logits_for);
+        for (c, chunk) in tokens.chunks(batch_size).enumerate() {
+            let mut batch = LlamaBatch::new(chunk.len(), 1);
+            let base = c * batch_size;
+            for (i, &t) in chunk.iter().enumerate() {
+                let want = base + i >= first_logit;
+                batch
+                    .add(LlamaToken(t as i32), (start + base + i) as i32, &[seq], want)
+                    .map_err(|e| VerifierError::Backend { op: "fill batch", reason: e.to_string() })?;
+            }
+            self.ctx.decode(&mut batch).map_err(|e| VerifierError::Backend { op: "decode", reason: e.to_string() })?;
+            for i in 0..chunk.len() {
+                if base + i >= first_logit {
+                    choices.push(choose(self.ctx.get_logits_ith(i as i32)));
+                }
+            }
+        }
+        Ok(choices)
+    }
+
+    fn feed(&mut self, seq: i32, tokens: &[TokenId]) -> Result<Choice, VerifierError> {
+        if tokens.is_empty() {
+            return Err(VerifierError::InvalidRequest("`tokens` must not be empty".into()));
+        }
+        self.check_room("the prompt", tokens.len())?;
+        self.check_tokens(tokens)?;
+        let cached = &self.state(seq)?.tokens;
+        // Keep the longest cached prefix, but always evaluate at least the last token: its logits
+        // give the next choice.
+        let keep = cached.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
+        self.remove_from(seq, keep)?;
+        let st = self.state(seq)?;
+        st.tokens.truncate(keep);
+        st.pending = None;
+        let choice = match self.decode(seq, keep, &tokens[keep..], 1) {
+            Ok(c) => c[0],
+            Err(e) => {
+                // Leave the session consistent: nothing past `keep` is trusted.
+                let _ = self.remove_from(seq, keep);
+                return Err(e);
+            }
+        };
+        let st = self.state(seq)?;
+        st.tokens = tokens.to_vec();
+        st.pending = Some(choice.token);
+        Ok(choice)
+    }
+
+    fn pending(&mut self, seq: i32) -> Result<(usize, TokenId), VerifierError> {
+        let st = self.state(seq)?;
+        let pending = st
+            .pending
+            .ok_or_else(|| VerifierError::InvalidRequest(format!("session {seq} has no prompt yet")))?;
+        Ok((st.tokens.len(), pending))
+    }
+
+    fn step(&mut self, seq: i32) -> Result<Choice, VerifierError> {
+        let (len, pending) = self.pending(seq)?;
+        self.check_room("one more token", len + 1)?;
+        let choice = self.decode(seq, len, &[pending], 1)?[0];
+        let st = self.state(seq)?;
+        st.tokens.push(pending);
+        st.pending = Some(choice.token);
+        Ok(choice)
+    }
+
+    fn verify(&mut self, seq: i32, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
+        let (len, pending) = self.pending(seq)?;
+        if draft.len() + 1 > self.config.batch_size as usize {
+            return Err(VerifierError::InvalidRequest(format!(
+                "a draft block may hold at most {} tokens, got {}",
+                self.config.batch_size - 1,
+                draft.len()
+            )));
+        }
+        self.check_tokens(draft)?;
+        self.check_room("the draft block", len + 1 + draft.len())?;
+        let mut block = Vec::with_capacity(draft.len() + 1);
+        block.push(pending);
+        block.extend_from_slice(draft);
+        let choices = match self.decode(seq, len, &block, block.len()) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.remove_from(seq, len);
+                return Err(e);
+            }
+        };
+        let accepted = accept_prefix(draft, &choices);
+        let keep = len + 1 + accepted;
+        self.remove_from(seq, keep)?;
+        let next = choices[accepted];
+        let st = self.state(seq)?;
+        st.tokens.extend_from_slice(&block[..1 + accepted]);
+        st.pending = Some(next.token);
+        let mut kept = choices;
+        kept.truncate(accepted + 1);
+        Ok(Verdict { accepted, next, choices: kept })
+    }
+}
