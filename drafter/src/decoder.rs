@@ -1,0 +1,77 @@
+//! One pre-norm decoder block (Qwen2/Llama): `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+//!
+//! What the block attends to is the caller's choice ([`Keys`]): its own positions under a mask
+//! (a training pass over context + block), a prefix of keys and values plus its own positions (a
+//! DFlash training pass), or a session's cache, into which its keys and values are written first
+//! (drafting and extending the context).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::attention::Attention;
+use crate::cache::LayerKv;
+use crate::config::DrafterConfig;
+use crate::error::Result;
+use crate::layers::{ForwardMode, Mlp, RmsNorm, Rope};
+
+/// The keys and values a block attends to, besides its own.
+pub(crate) enum Keys<'a> {
+    /// Only the positions of `x`, under an optional additive mask (q_len, q_len).
+    Own { mask: Option<&'a Tensor> },
+    /// Prefix keys and values (batch, prefix, kv_heads, head_dim) in front of the positions of `x`;
+    /// no mask: every position sees the prefix and all of `x`.
+    Prefix { k: &'a Tensor, v: &'a Tensor },
+    /// A cache layer: the keys and values of `x` are written at rows `start..`, and `x` attends to
+    /// rows `0..start + q_len` under an optional additive mask (q_len, start + q_len).
+    Cache { kv: &'a mut LayerKv, start: usize, mask: Option<&'a Tensor> },
+}
+
+/// One decoder block.
+#[derive(Debug, Clone)]
+pub(crate) struct DecoderLayer {
+    pub(crate) self_attn: Attention,
+    pub(crate) mlp: Mlp,
+    pub(crate) input_layernorm: RmsNorm,
+    pub(crate) post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    pub(crate) fn new(config: &DrafterConfig, vb: VarBuilder) -> Result<Self> {
+        let eps = config.rms_norm_eps();
+        Ok(Self {
+            self_attn: Attention::new(config, vb.pp("self_attn"))?,
+            mlp: Mlp::new(config.hidden_size, config.intermediate_size, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(config.hidden_size, eps, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(config.hidden_size, eps, vb.pp("post_attention_layernorm"))?,
+        })
+    }
+
+    /// Runs the block over `x` (batch, len, hidden) at the positions of `rope`.
+    pub(crate) fn forward(&self, x: &Tensor, rope: &Rope, keys: Keys<'_>, mode: ForwardMode) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x, mode)?;
+        let q = self.self_attn.queries(&h, rope, mode)?;
+        let (k, v) = self.self_attn.keys_values(&h, rope, mode)?;
+        let attn = match keys {
+            Keys::Own { mask } => self.self_attn.attend(&q, &k, &v, mask, mode)?,
+            Keys::Prefix { k: pk, v: pv } => {
+                let k = Tensor::cat(&[pk, &k], 1)?;
+                let v = Tensor::cat(&[pv, &v], 1)?;
+                self.self_attn.attend(&q, &k, &v, None, mode)?
+            }
+            Keys::Cache { kv, start, mask } => {
+                let (k, v) = kv.write(start, &k, &v)?;
+                self.self_attn.attend(&q, &k, &v, mask, mode)?
+            }
+        };
+        let x = (x + attn)?;
+        let h = self.post_attention_layernorm.forward(&x, mode)?;
+        Ok((&x + self.mlp.forward(&h)?)?)
+    }
+
+    /// Only the keys and values this block makes from `x`: what the last block contributes when
+    /// context positions enter the cache (their outputs are never read).
+    pub(crate) fn keys_values(&self, x: &Tensor, rope: &Rope, mode: ForwardMode) -> Result<(Tensor, Tensor)> {
+        let h = self.input_layernorm.forward(x, mode)?;
+        self.self_attn.keys_values(&h, rope, mode)
+    }
+}
