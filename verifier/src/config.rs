@@ -22,6 +22,10 @@ pub struct VerifierConfig {
     pub threads: u32,
     /// Largest number of tokens in one decode call.
     pub batch_size: u32,
+    /// Return the verifier's final hidden state (after the output norm) for every token it keeps,
+    /// as features for a target-conditioned drafter. Makes every token of a batch an output, which
+    /// adds the output layer's cost to prompt evaluation (about 15% on the Qwen models).
+    pub features: bool,
 }
 
 impl VerifierConfig {
@@ -33,6 +37,7 @@ impl VerifierConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             threads: default_threads(),
             batch_size: DEFAULT_BATCH_SIZE,
+            features: false,
         }
     }
 }

@@ -38,6 +38,11 @@ pub struct Verdict {
     /// The verifier's greedy choices at every position it kept: `accepted + 1` entries, the last
     /// being `next`. Their margins show how close each decision was to a tie.
     pub choices: Vec<Choice>,
+    /// With [`VerifierConfig::features`]: the final hidden state of every token this call added to
+    /// the KV cache (`n_embd` floats per token, in position order); empty otherwise. For `prefill`
+    /// these are the tokens it evaluated (the whole prompt on a fresh session); for `verify`, the
+    /// pending token and the accepted drafts.
+    pub features: Vec<f32>,
 }
 
 impl Verifier {
@@ -99,19 +104,17 @@ impl Session {
     /// Makes the KV cache hold exactly `tokens` (reusing the longest prefix already cached and
     /// removing the rest) and returns the verifier's choice for the next position, which becomes the
     /// pending token. Used for the prompt and to re-synchronise a drafting model with the context.
-    pub fn prefill(&mut self, tokens: &[TokenId]) -> Result<Choice, VerifierError> {
+    pub fn prefill(&mut self, tokens: &[TokenId]) -> Result<Verdict, VerifierError> {
         let seq = self.seq;
-        let choice = self.verifier.call(|reply| Command::Feed { seq, tokens: tokens.to_vec(), reply })?;
+        let verdict = self.verifier.call(|reply| Command::Feed { seq, tokens: tokens.to_vec(), reply })?;
         self.len = tokens.len();
-        Ok(choice)
+        Ok(verdict)
     }
 
-    /// Evaluates the pending token alone (plain autoregressive decoding) and returns the next choice.
-    pub fn step(&mut self) -> Result<Choice, VerifierError> {
-        let seq = self.seq;
-        let choice = self.verifier.call(|reply| Command::Step { seq, reply })?;
-        self.len += 1;
-        Ok(choice)
+    /// Evaluates the pending token alone (plain autoregressive decoding): a verification of an
+    /// empty draft.
+    pub fn step(&mut self) -> Result<Verdict, VerifierError> {
+        self.verify(&[])
     }
 
     /// Evaluates the pending token and `draft` in one decode call, accepts the longest matching

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -29,8 +29,7 @@ pub(crate) enum Command {
     ChatPrompt { messages: Vec<ChatMessage>, reply: Reply<String> },
     Open { reply: Reply<i32> },
     Close { seq: i32 },
-    Feed { seq: i32, tokens: Vec<TokenId>, reply: Reply<Choice> },
-    Step { seq: i32, reply: Reply<Choice> },
+    Feed { seq: i32, tokens: Vec<TokenId>, reply: Reply<Verdict> },
     Verify { seq: i32, draft: Vec<TokenId>, reply: Reply<Verdict> },
 }
 
@@ -124,7 +123,11 @@ fn new_context<'m>(
         .with_n_threads(config.threads as i32)
         .with_n_threads_batch(config.threads as i32)
         // Flash attention keeps attention batch-invariant on CPU; without it batches of 2 already differ.
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED);
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED)
+        // Per-token hidden states for a target-conditioned drafter. (llama.cpp's per-layer inputs are
+        // not wired up for the qwen2 architecture, so the final hidden state is what there is.)
+        .with_embeddings(config.features)
+        .with_pooling_type(LlamaPoolingType::None);
     model.new_context(backend, params).map_err(|e| VerifierError::Context(e.to_string()))
 }
 
@@ -189,9 +192,6 @@ impl Worker<'_> {
             Command::Close { seq } => self.close(seq),
             Command::Feed { seq, tokens, reply } => {
                 let _ = reply.send(self.feed(seq, &tokens));
-            }
-            Command::Step { seq, reply } => {
-                let _ = reply.send(self.step(seq));
             }
             Command::Verify { seq, draft, reply } => {
                 let _ = reply.send(self.verify(seq, &draft));
@@ -259,12 +259,20 @@ impl Worker<'_> {
     }
 
     /// Decodes `tokens` at positions `start..` of `seq`; logits are requested for the last
-    /// `logits_for` tokens, which must fit in one batch. Returns the greedy choice at each of them.
-    fn decode(&mut self, seq: i32, start: usize, tokens: &[TokenId], logits_for: usize) -> Result<Vec<Choice>, VerifierError> {
+    /// `logits_for` tokens, which must fit in one batch. Returns the greedy choice at each of them
+    /// and, with features on, every token's hidden state.
+    fn decode(
+        &mut self,
+        seq: i32,
+        start: usize,
+        tokens: &[TokenId],
+        logits_for: usize,
+    ) -> Result<(Vec<Choice>, Vec<f32>), VerifierError> {
         let batch_size = self.config.batch_size as usize;
         debug_assert!(logits_for <= batch_size && logits_for <= tokens.len());
         let first_logit = tokens.len() - logits_for;
         let mut choices = Vec::with_capacity(logits_for);
+        let mut features = Vec::new();
         for (c, chunk) in tokens.chunks(batch_size).enumerate() {
             let mut batch = LlamaBatch::new(chunk.len(), 1);
             let base = c * batch_size;
@@ -279,12 +287,19 @@ impl Worker<'_> {
                 if base + i >= first_logit {
                     choices.push(choose(self.ctx.get_logits_ith(i as i32)));
                 }
+                if self.config.features {
+                    let row = self.ctx.embeddings_ith(i as i32).map_err(|_| VerifierError::Backend {
+                        op: "read hidden states",
+                        reason: format!("no hidden state for batch row {i}"),
+                    })?;
+                    features.extend_from_slice(row);
+                }
             }
         }
-        Ok(choices)
+        Ok((choices, features))
     }
 
-    fn feed(&mut self, seq: i32, tokens: &[TokenId]) -> Result<Choice, VerifierError> {
+    fn feed(&mut self, seq: i32, tokens: &[TokenId]) -> Result<Verdict, VerifierError> {
         if tokens.is_empty() {
             return Err(VerifierError::InvalidRequest("`tokens` must not be empty".into()));
         }
@@ -298,8 +313,8 @@ impl Worker<'_> {
         let st = self.state(seq)?;
         st.tokens.truncate(keep);
         st.pending = None;
-        let choice = match self.decode(seq, keep, &tokens[keep..], 1) {
-            Ok(c) => c[0],
+        let (choice, features) = match self.decode(seq, keep, &tokens[keep..], 1) {
+            Ok((c, f)) => (c[0], f),
             Err(e) => {
                 // Leave the session consistent: nothing past `keep` is trusted.
                 let _ = self.remove_from(seq, keep);
@@ -309,7 +324,7 @@ impl Worker<'_> {
         let st = self.state(seq)?;
         st.tokens = tokens.to_vec();
         st.pending = Some(choice.token);
-        Ok(choice)
+        Ok(Verdict { accepted: 0, next: choice, choices: vec![choice], features })
     }
 
     fn pending(&mut self, seq: i32) -> Result<(usize, TokenId), VerifierError> {
@@ -318,16 +333,6 @@ impl Worker<'_> {
             .pending
             .ok_or_else(|| VerifierError::InvalidRequest(format!("session {seq} has no prompt yet")))?;
         Ok((st.tokens.len(), pending))
-    }
-
-    fn step(&mut self, seq: i32) -> Result<Choice, VerifierError> {
-        let (len, pending) = self.pending(seq)?;
-        self.check_room("one more token", len + 1)?;
-        let choice = self.decode(seq, len, &[pending], 1)?[0];
-        let st = self.state(seq)?;
-        st.tokens.push(pending);
-        st.pending = Some(choice.token);
-        Ok(choice)
     }
 
     fn verify(&mut self, seq: i32, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
@@ -344,8 +349,8 @@ impl Worker<'_> {
         let mut block = Vec::with_capacity(draft.len() + 1);
         block.push(pending);
         block.extend_from_slice(draft);
-        let choices = match self.decode(seq, len, &block, block.len()) {
-            Ok(c) => c,
+        let (choices, mut features) = match self.decode(seq, len, &block, block.len()) {
+            Ok(x) => x,
             Err(e) => {
                 let _ = self.remove_from(seq, len);
                 return Err(e);
@@ -360,6 +365,8 @@ impl Worker<'_> {
         st.pending = Some(next.token);
         let mut kept = choices;
         kept.truncate(accepted + 1);
-        Ok(Verdict { accepted, next, choices: kept })
+        let n_embd = self.model.n_embd().max(0) as usize;
+        features.truncate((accepted + 1) * n_embd);
+        Ok(Verdict { accepted, next, choices: kept, features })
     }
 }

@@ -28,14 +28,14 @@ impl ArModelDrafter {
         }
         let model = self.session.verifier().clone();
         let is_eog = |t: TokenId| model.info().is_eog(t);
-        let mut choice = self.session.prefill(req.context)?;
+        let mut choice = self.session.prefill(req.context)?.next;
         loop {
             draft.tokens.push(choice.token);
             draft.probs.push(choice.prob);
             if draft.tokens.len() >= req.max_len || is_eog(choice.token) {
                 break;
             }
-            choice = self.session.step()?;
+            choice = self.session.step()?.next;
             if choice.prob < self.min_prob {
                 break;
             }

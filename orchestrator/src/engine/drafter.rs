@@ -11,6 +11,25 @@ pub struct DraftRequest<'a> {
     pub previous: Option<&'a PreviousBlock>,
     /// Most tokens the block may hold.
     pub max_len: usize,
+    /// The verifier's hidden states for the context tokens it has evaluated (every token but the
+    /// last, whose hidden state comes with the next verification), when the verifier returns them.
+    pub features: Option<Features<'a>>,
+}
+
+/// Verifier hidden states, one row of `dim` floats per context token, in position order.
+#[derive(Debug, Clone, Copy)]
+pub struct Features<'a> {
+    /// Row-major `rows × dim` floats.
+    pub data: &'a [f32],
+    /// Floats per row (the verifier's hidden width).
+    pub dim: usize,
+}
+
+impl Features<'_> {
+    /// Number of rows (context tokens covered).
+    pub fn rows(&self) -> usize {
+        self.data.len().checked_div(self.dim).unwrap_or(0)
+    }
 }
 
 /// The previous round's block as the verifier left it: an accepted prefix, the verifier's correction

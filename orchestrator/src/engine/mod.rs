@@ -12,7 +12,7 @@ mod round;
 mod stats;
 mod verifier;
 
-pub use drafter::{Draft, DraftError, DraftRequest, Drafter, PreviousBlock};
+pub use drafter::{Draft, DraftError, DraftRequest, Drafter, Features, PreviousBlock};
 pub use round::{GenerateParams, Generation, Mode, StopReason, generate};
 pub use stats::Stats;
 pub use verifier::VerifierSession;

@@ -5,7 +5,7 @@ use std::time::Instant;
 use duet_verifier::{Choice, TokenId};
 use serde::Serialize;
 
-use super::{Draft, DraftRequest, Drafter, EngineError, PreviousBlock, Stats, VerifierSession};
+use super::{Draft, DraftRequest, Drafter, EngineError, Features, PreviousBlock, Stats, VerifierSession};
 
 /// Largest `max_tokens` a request may ask for.
 pub const MAX_TOKENS_LIMIT: usize = 1 << 16;
@@ -108,7 +108,11 @@ pub fn generate(
     stats.ttft_s = stats.verifier_s;
     let mut context = prompt.to_vec();
     let mut previous: Option<PreviousBlock> = None;
-    let mut pending = vec![first];
+    // Hidden states of the tokens in the verifier's cache (the context minus its last token).
+    let feature_dim = first.features.len().checked_div(prompt.len()).unwrap_or(0);
+    let mut features = first.features;
+    let mut pending = first.choices;
+
 
     loop {
         let start = out.tokens.len();
@@ -133,7 +137,8 @@ pub fn generate(
         let draft = match (&mut drafter, params.mode) {
             (Some(d), Mode::Hybrid) if max_len > 0 => {
                 let t = Instant::now();
-                let req = DraftRequest { context: &context, previous: previous.as_ref(), max_len };
+                let features = (feature_dim > 0).then_some(Features { data: &features, dim: feature_dim });
+                let req = DraftRequest { context: &context, previous: previous.as_ref(), max_len, features };
                 let res = d.propose(&req);
                 stats.drafter_s += t.elapsed().as_secs_f64();
                 match res {
@@ -155,10 +160,13 @@ pub fn generate(
         stats.rounds += 1;
         stats.draft_lengths.push(draft.tokens.len());
         if draft.tokens.is_empty() {
-            pending = vec![session.step()?];
+            let verdict = session.step()?;
+            features.extend_from_slice(&verdict.features);
+            pending = verdict.choices;
             previous = None;
         } else {
             let verdict = session.verify(&draft.tokens)?;
+            features.extend_from_slice(&verdict.features);
             stats.drafted += draft.tokens.len();
             stats.accepted += verdict.accepted;
             previous = Some(PreviousBlock {

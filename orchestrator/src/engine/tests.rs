@@ -19,11 +19,13 @@ struct FakeSession {
     pending: Option<TokenId>,
     limit: usize,
     eos_after: Option<usize>,
+    /// Return one feature per evaluated token: the token id itself.
+    features: bool,
 }
 
 impl FakeSession {
     fn new(limit: usize) -> Self {
-        Self { ctx: vec![], pending: None, limit, eos_after: None }
+        Self { ctx: vec![], pending: None, limit, eos_after: None, features: false }
     }
     fn choice(&self, ctx: &[TokenId]) -> Choice {
         let token = match self.eos_after {
@@ -35,18 +37,15 @@ impl FakeSession {
 }
 
 impl VerifierSession for FakeSession {
-    fn prefill(&mut self, prompt: &[TokenId]) -> Result<Choice, VerifierError> {
+    fn prefill(&mut self, prompt: &[TokenId]) -> Result<Verdict, VerifierError> {
         self.ctx = prompt.to_vec();
         let c = self.choice(&self.ctx);
         self.pending = Some(c.token);
-        Ok(c)
+        let features = if self.features { prompt.iter().map(|&t| t as f32).collect() } else { vec![] };
+        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features })
     }
-    fn step(&mut self) -> Result<Choice, VerifierError> {
-        self.ctx.push(self.pending.take().expect("pending"));
-        assert!(self.ctx.len() <= self.limit, "step past the context limit");
-        let c = self.choice(&self.ctx);
-        self.pending = Some(c.token);
-        Ok(c)
+    fn step(&mut self) -> Result<Verdict, VerifierError> {
+        self.verify(&[])
     }
     fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
         assert!(self.ctx.len() + 1 + draft.len() <= self.limit, "verify past the context limit");
@@ -60,12 +59,14 @@ impl VerifierSession for FakeSession {
             }
         }
         let accepted = accept_prefix(draft, &choices);
+        let added = self.ctx.len();
         self.ctx.push(self.pending.take().expect("pending"));
         self.ctx.extend_from_slice(&draft[..accepted]);
+        let features = if self.features { self.ctx[added..].iter().map(|&t| t as f32).collect() } else { vec![] };
         choices.truncate(accepted + 1);
         let next = choices[accepted];
         self.pending = Some(next.token);
-        Ok(Verdict { accepted, next, choices })
+        Ok(Verdict { accepted, next, choices, features })
     }
     fn room(&self) -> usize {
         self.limit - self.ctx.len()
@@ -189,4 +190,31 @@ fn a_cancelled_stream_stops_the_generation() {
         n < 3
     });
     assert!(matches!(r, Err(EngineError::Cancelled)));
+}
+
+/// Checks that the features handed to it cover exactly the context minus its last token.
+struct FeatureChecker(NoisyDrafter, usize);
+impl Drafter for FeatureChecker {
+    fn name(&self) -> &str {
+        "feature-checker"
+    }
+    fn propose(&mut self, req: &DraftRequest<'_>) -> Result<Draft, DraftError> {
+        let f = req.features.expect("features");
+        assert_eq!(f.dim, 1);
+        assert_eq!(f.rows(), req.context.len() - 1);
+        let expect: Vec<f32> = req.context[..f.rows()].iter().map(|&t| t as f32).collect();
+        assert_eq!(f.data, &expect[..]);
+        self.1 += 1;
+        self.0.propose(req)
+    }
+}
+
+#[test]
+fn drafter_features_cover_every_verified_context_token() {
+    let mut s = FakeSession::new(1000);
+    s.features = true;
+    let mut d = FeatureChecker(NoisyDrafter(9), 0);
+    let g = run(&mut s, Some(&mut d), params(Mode::Hybrid, 80, 6));
+    assert!(d.1 > 10);
+    assert_eq!(g.tokens.len(), 80);
 }

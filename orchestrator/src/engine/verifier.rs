@@ -1,13 +1,13 @@
 //! The verifier side of the engine, as a trait so the same loop runs in process or over gRPC.
 
-use duet_verifier::{Choice, TokenId, Verdict, VerifierError};
+use duet_verifier::{TokenId, Verdict, VerifierError};
 
 /// One generation's sequence on a verifier.
 pub trait VerifierSession {
-    /// Evaluates the prompt; returns the verifier's first choice.
-    fn prefill(&mut self, prompt: &[TokenId]) -> Result<Choice, VerifierError>;
-    /// Evaluates the pending token alone; returns the next choice.
-    fn step(&mut self) -> Result<Choice, VerifierError>;
+    /// Evaluates the prompt; `next` is the verifier's first choice.
+    fn prefill(&mut self, prompt: &[TokenId]) -> Result<Verdict, VerifierError>;
+    /// Evaluates the pending token alone; `next` is the next choice.
+    fn step(&mut self) -> Result<Verdict, VerifierError>;
     /// Evaluates the pending token and the draft in one pass; accepts the longest matching prefix.
     fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError>;
     /// Tokens the session can still hold.
@@ -15,10 +15,10 @@ pub trait VerifierSession {
 }
 
 impl VerifierSession for duet_verifier::Session {
-    fn prefill(&mut self, prompt: &[TokenId]) -> Result<Choice, VerifierError> {
+    fn prefill(&mut self, prompt: &[TokenId]) -> Result<Verdict, VerifierError> {
         duet_verifier::Session::prefill(self, prompt)
     }
-    fn step(&mut self) -> Result<Choice, VerifierError> {
+    fn step(&mut self) -> Result<Verdict, VerifierError> {
         duet_verifier::Session::step(self)
     }
     fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
