@@ -11,7 +11,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 use crate::config::DrafterConfig;
 use crate::error::Result;
-use crate::layers::{ForwardMode, RmsNorm, Rope};
+use crate::layers::{FastLinear, ForwardMode, RmsNorm, Rope, linear_forward};
 
 /// One layer's attention projections.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub(crate) struct Attention {
     pub(crate) o_proj: Linear,
     pub(crate) q_norm: Option<RmsNorm>,
     pub(crate) k_norm: Option<RmsNorm>,
+    /// Inference copies: q, k and v fused; k and v fused (context keys); o.
+    fast: Option<(FastLinear, FastLinear, FastLinear)>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -47,34 +49,72 @@ impl Attention {
             o_proj: candle_nn::linear_no_bias(num_heads * head_dim, hidden, vb.pp("o_proj"))?,
             q_norm,
             k_norm,
+            fast: None,
             num_heads,
             num_kv_heads,
             head_dim,
         })
     }
 
-    /// Rotated queries of `x` (batch, len, hidden): (batch, len, heads, head_dim).
-    pub(crate) fn queries(&self, x: &Tensor, rope: &Rope, mode: ForwardMode) -> Result<Tensor> {
-        let (b_sz, seq_len, _) = x.dims3()?;
-        let q = self.q_proj.forward(x)?.reshape((b_sz, seq_len, self.num_heads, self.head_dim))?;
-        let q = match &self.q_norm {
-            Some(norm) => norm.forward(&q, mode)?,
-            None => q,
+    /// Builds the inference copies of the weights.
+    pub(crate) fn prepare_inference(&mut self) -> Result<()> {
+        self.fast = Some((
+            FastLinear::fuse(&[&self.q_proj, &self.k_proj, &self.v_proj])?,
+            FastLinear::fuse(&[&self.k_proj, &self.v_proj])?,
+            FastLinear::fuse(&[&self.o_proj])?,
+        ));
+        Ok(())
+    }
+
+    /// Rotated queries, keys and values of `x` (batch, len, hidden): (batch, len, heads, head_dim)
+    /// for queries, (batch, len, kv_heads, head_dim) for keys and values.
+    pub(crate) fn queries_keys_values(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mode: ForwardMode,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q, k, v) = match (mode, &self.fast) {
+            (ForwardMode::Inference, Some((qkv, _, _))) => {
+                let qkv = qkv.forward(x)?;
+                let (q_width, kv_width) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+                (
+                    qkv.narrow(D::Minus1, 0, q_width)?,
+                    qkv.narrow(D::Minus1, q_width, kv_width)?,
+                    qkv.narrow(D::Minus1, q_width + kv_width, kv_width)?,
+                )
+            }
+            _ => (self.q_proj.forward(x)?, self.k_proj.forward(x)?, self.v_proj.forward(x)?),
         };
-        rope.apply(&q, mode)
+        let q = self.heads(&q, self.num_heads, self.q_norm.as_ref(), mode)?;
+        let k = self.heads(&k, self.num_kv_heads, self.k_norm.as_ref(), mode)?;
+        let v = self.heads(&v, self.num_kv_heads, None, mode)?;
+        Ok((rope.apply(&q, mode)?, rope.apply(&k, mode)?, v))
     }
 
     /// Rotated keys and values of `x` (batch, len, hidden): each (batch, len, kv_heads, head_dim).
     pub(crate) fn keys_values(&self, x: &Tensor, rope: &Rope, mode: ForwardMode) -> Result<(Tensor, Tensor)> {
-        let (b_sz, seq_len, _) = x.dims3()?;
-        let shape = (b_sz, seq_len, self.num_kv_heads, self.head_dim);
-        let k = self.k_proj.forward(x)?.reshape(shape)?;
-        let k = match &self.k_norm {
-            Some(norm) => norm.forward(&k, mode)?,
-            None => k,
+        let (k, v) = match (mode, &self.fast) {
+            (ForwardMode::Inference, Some((_, kv, _))) => {
+                let kv = kv.forward(x)?;
+                let width = self.num_kv_heads * self.head_dim;
+                (kv.narrow(D::Minus1, 0, width)?, kv.narrow(D::Minus1, width, width)?)
+            }
+            _ => (self.k_proj.forward(x)?, self.v_proj.forward(x)?),
         };
-        let v = self.v_proj.forward(x)?.reshape(shape)?;
+        let k = self.heads(&k, self.num_kv_heads, self.k_norm.as_ref(), mode)?;
+        let v = self.heads(&v, self.num_kv_heads, None, mode)?;
         Ok((rope.apply(&k, mode)?, v))
+    }
+
+    /// (batch, len, heads * head_dim) → (batch, len, heads, head_dim), normalised per head if asked.
+    fn heads(&self, x: &Tensor, heads: usize, norm: Option<&RmsNorm>, mode: ForwardMode) -> Result<Tensor> {
+        let (b_sz, seq_len, _) = x.dims3()?;
+        let x = x.reshape((b_sz, seq_len, heads, self.head_dim))?;
+        match norm {
+            Some(norm) => norm.forward(&x, mode),
+            None => Ok(x),
+        }
     }
 
     /// Attention of queries `q` (batch, q_len, heads, head_dim) over keys and values
@@ -113,7 +153,7 @@ impl Attention {
             None => scores,
         };
         let probs = match mode {
-            ForwardMode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            ForwardMode::Inference => crate::kernels::softmax_last_dim(&scores)?,
             ForwardMode::Training => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let out = probs
@@ -121,6 +161,7 @@ impl Attention {
             .reshape((b_sz, self.num_kv_heads, q_len, groups, self.head_dim))?
             .permute((0, 2, 1, 3, 4))?
             .reshape((b_sz, q_len, self.num_heads * self.head_dim))?;
-        Ok(self.o_proj.forward(&out)?)
+        let fast_o = self.fast.as_ref().map(|(_, _, o)| o);
+        linear_forward(&out, &self.o_proj, fast_o, mode)
     }
 }

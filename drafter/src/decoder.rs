@@ -46,11 +46,16 @@ impl DecoderLayer {
         })
     }
 
+    /// Builds the inference copies of the weights.
+    pub(crate) fn prepare_inference(&mut self) -> Result<()> {
+        self.self_attn.prepare_inference()?;
+        self.mlp.prepare_inference()
+    }
+
     /// Runs the block over `x` (batch, len, hidden) at the positions of `rope`.
     pub(crate) fn forward(&self, x: &Tensor, rope: &Rope, keys: Keys<'_>, mode: ForwardMode) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x, mode)?;
-        let q = self.self_attn.queries(&h, rope, mode)?;
-        let (k, v) = self.self_attn.keys_values(&h, rope, mode)?;
+        let (q, k, v) = self.self_attn.queries_keys_values(&h, rope, mode)?;
         let attn = match keys {
             Keys::Own { mask } => self.self_attn.attend(&q, &k, &v, mask, mode)?,
             Keys::Prefix { k: pk, v: pv } => {
@@ -65,7 +70,7 @@ impl DecoderLayer {
         };
         let x = (x + attn)?;
         let h = self.post_attention_layernorm.forward(&x, mode)?;
-        Ok((&x + self.mlp.forward(&h)?)?)
+        Ok((&x + self.mlp.forward(&h, mode)?)?)
     }
 
     /// Only the keys and values this block makes from `x`: what the last block contributes when

@@ -6,6 +6,8 @@
 
 use std::cmp::Ordering;
 
+use crate::kernels::{fast_exp, max_of, sum_of};
+
 /// The outcome for one masked position at one denoising step.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Choice {
@@ -21,54 +23,80 @@ pub(crate) struct Choice {
     pub top: Vec<(u32, f32)>,
 }
 
+/// Buffers `choose` reuses across positions, so no vocabulary-sized allocation happens per call.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    logits: Vec<f32>,
+    exps: Vec<f32>,
+    weights: Vec<f32>,
+}
+
 /// Chooses a token from `logits` (one row over the drafter vocabulary), never one of `blocked`.
-/// `u` in [0, 1) is the uniform draw used when `temperature > 0`. `scratch` is reused across calls
-/// to avoid allocating a vocabulary-sized buffer per position.
+/// `u` in [0, 1) is the uniform draw used when `temperature > 0`.
 pub(crate) fn choose(
     logits: &[f32],
     blocked: &[u32],
     temperature: f32,
     u: f64,
     top_k: usize,
-    scratch: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) -> Choice {
-    scratch.clear();
-    scratch.extend_from_slice(logits);
+    let Scratch { logits: masked, exps, weights } = scratch;
+    masked.clear();
+    masked.extend_from_slice(logits);
     for &id in blocked {
-        if let Some(l) = scratch.get_mut(id as usize) {
+        if let Some(l) = masked.get_mut(id as usize) {
             *l = f32::NEG_INFINITY;
         }
     }
-    let (argmax, max) = scratch
-        .iter()
-        .copied()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, l)| if l > best.1 { (i, l) } else { best });
-    let z: f32 = scratch.iter().map(|&l| (l - max).exp()).sum();
-    let prob_of = |id: usize| (scratch[id] - max).exp() / z;
+    let max = max_of(masked);
+    // Invariant: the vocabulary always has a draftable id, so the maximum is finite and found.
+    let argmax = masked.iter().position(|&l| l == max).unwrap_or(0);
+    let z = exp_into(masked, max, 1.0, exps);
 
     let (token, prob) = if temperature <= 0.0 {
         (argmax, 1.0)
     } else {
-        let inv_t = 1.0 / temperature;
-        let weight = |l: f32| ((l - max) * inv_t).exp();
-        let z_t: f64 = scratch.iter().map(|&l| weight(l) as f64).sum();
-        let target = u * z_t;
-        let mut acc = 0.0f64;
-        // Falls back to the argmax if rounding leaves `target` past the last weight.
-        let mut token = argmax;
-        for (i, &l) in scratch.iter().enumerate() {
-            let w = weight(l) as f64;
-            acc += w;
-            if w > 0.0 && acc > target {
-                token = i;
-                break;
-            }
-        }
-        (token, (weight(scratch[token]) as f64 / z_t) as f32)
+        let (w, z_t) = if temperature == 1.0 {
+            (&*exps, z)
+        } else {
+            let z_t = exp_into(masked, max, 1.0 / temperature, weights);
+            (&*weights, z_t)
+        };
+        let token = inverse_cdf(w, (u * z_t as f64) as f32).unwrap_or(argmax);
+        (token, w[token] / z_t)
     };
-    let top = top_ids(scratch, top_k).into_iter().map(|i| (i as u32, prob_of(i))).collect();
-    Choice { token: token as u32, prob, confidence: prob_of(token), top }
+    let top = top_ids(masked, top_k).into_iter().map(|i| (i as u32, exps[i] / z)).collect();
+    Choice { token: token as u32, prob, confidence: exps[token] / z, top }
+}
+
+/// The first index where the running sum of `weights` passes `target`, skipping whole chunks at a
+/// time; `None` if rounding leaves `target` beyond the total.
+fn inverse_cdf(weights: &[f32], target: f32) -> Option<usize> {
+    const CHUNK: usize = 256;
+    let mut acc = 0f32;
+    for (c, chunk) in weights.chunks(CHUNK).enumerate() {
+        let sum = sum_of(chunk);
+        if acc + sum > target {
+            for (i, &w) in chunk.iter().enumerate() {
+                acc += w;
+                if w > 0.0 && acc > target {
+                    return Some(c * CHUNK + i);
+                }
+            }
+            // Rounding: the chunk's sum passed the target but its running sum did not.
+            return chunk.iter().rposition(|&w| w > 0.0).map(|i| c * CHUNK + i);
+        }
+        acc += sum;
+    }
+    weights.iter().rposition(|&w| w > 0.0)
+}
+
+/// Fills `out` with `exp((l - max) * scale)` for every logit and returns their sum.
+fn exp_into(logits: &[f32], max: f32, scale: f32, out: &mut Vec<f32>) -> f32 {
+    out.clear();
+    out.extend(logits.iter().map(|&l| fast_exp((l - max) * scale)));
+    sum_of(out)
 }
 
 /// Indices of the `k` largest finite values, largest first (ties: lower index first).
@@ -112,7 +140,7 @@ mod tests {
     #[test]
     fn greedy_picks_the_argmax_with_probability_one() {
         let logits = [0.0f32, 2.0, 1.0, -1.0];
-        let c = choose(&logits, &[], 0.0, 0.5, 2, &mut Vec::new());
+        let c = choose(&logits, &[], 0.0, 0.5, 2, &mut Scratch::default());
         assert_eq!(c.token, 1);
         assert_eq!(c.prob, 1.0);
         let z: f32 = logits.iter().map(|l| (l - 2.0).exp()).sum();
@@ -126,7 +154,7 @@ mod tests {
         let logits = [0.0f32, 2f32.ln(), 3f32.ln()];
         let draws = [(0.0, 0, 1.0 / 14.0), (0.2, 1, 4.0 / 14.0), (0.5, 2, 9.0 / 14.0), (0.999, 2, 9.0 / 14.0)];
         for (u, token, prob) in draws {
-            let c = choose(&logits, &[], 0.5, u, 0, &mut Vec::new());
+            let c = choose(&logits, &[], 0.5, u, 0, &mut Scratch::default());
             assert_eq!(c.token, token, "u = {u}");
             assert!(close(c.prob, prob), "u = {u}: {} vs {prob}", c.prob);
             assert!(close(c.confidence, [1.0, 2.0, 3.0][token as usize] / 6.0));
@@ -137,11 +165,11 @@ mod tests {
     fn blocked_ids_are_never_chosen() {
         let logits = [5.0f32, 1.0, 0.0, 0.5];
         for u in [0.0, 0.3, 0.9] {
-            let c = choose(&logits, &[0], 1.0, u, 4, &mut Vec::new());
+            let c = choose(&logits, &[0], 1.0, u, 4, &mut Scratch::default());
             assert_ne!(c.token, 0);
             assert!(c.top.iter().all(|t| t.0 != 0));
         }
-        assert_eq!(choose(&logits, &[0], 0.0, 0.0, 0, &mut Vec::new()).token, 1);
+        assert_eq!(choose(&logits, &[0], 0.0, 0.0, 0, &mut Scratch::default()).token, 1);
     }
 
     #[test]

@@ -97,12 +97,59 @@ impl Rope {
     }
 }
 
+/// One or more linear layers fused side by side and stored transposed, `(in, out)` row-major, for
+/// inference. candle keeps a `Linear` weight as `(out, in)`; multiplying by its transpose makes the
+/// CPU gemm repack the whole weight matrix on every call, which costs more than the product itself
+/// for the few rows of a block. Stored this way the gemm streams the weights as they are.
+#[derive(Debug, Clone)]
+pub(crate) struct FastLinear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl FastLinear {
+    /// Fuses `linears` (same input width) into one product whose output is their outputs side by
+    /// side. Either all of them have a bias or none.
+    pub(crate) fn fuse(linears: &[&Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = linears.iter().map(|l| l.weight()).collect();
+        let weight_t = Tensor::cat(&weights, 0)?.t()?.contiguous()?;
+        let biases: Option<Vec<&Tensor>> = linears.iter().map(|l| l.bias()).collect();
+        let bias = match biases {
+            Some(b) if !b.is_empty() => Some(Tensor::cat(&b, 0)?),
+            _ => None,
+        };
+        Ok(Self { weight_t, bias })
+    }
+
+    /// `x` (batch, len, in) → (batch, len, out).
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b_sz, seq_len, width) = x.dims3()?;
+        let y = x.reshape((b_sz * seq_len, width))?.matmul(&self.weight_t)?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        Ok(y.reshape((b_sz, seq_len, ()))?)
+    }
+}
+
+/// A linear layer with an optional inference copy: training (and models over a `VarMap`, whose
+/// weights change under the optimizer) use the `Linear`; inference uses the fused transposed copy.
+pub(crate) fn linear_forward(x: &Tensor, linear: &Linear, fast: Option<&FastLinear>, mode: ForwardMode) -> Result<Tensor> {
+    match (mode, fast) {
+        (ForwardMode::Inference, Some(fast)) => fast.forward(x),
+        _ => Ok(linear.forward(x)?),
+    }
+}
+
 /// The SwiGLU feed-forward layer (Shazeer 2020): `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub(crate) struct Mlp {
     pub(crate) gate_proj: Linear,
     pub(crate) up_proj: Linear,
     pub(crate) down_proj: Linear,
+    /// Inference copies: gate and up fused, down.
+    fast: Option<(FastLinear, FastLinear)>,
 }
 
 impl Mlp {
@@ -111,12 +158,29 @@ impl Mlp {
             gate_proj: candle_nn::linear_no_bias(hidden, intermediate, vb.pp("gate_proj"))?,
             up_proj: candle_nn::linear_no_bias(hidden, intermediate, vb.pp("up_proj"))?,
             down_proj: candle_nn::linear_no_bias(intermediate, hidden, vb.pp("down_proj"))?,
+            fast: None,
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        Ok(self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)?)
+    /// Builds the inference copies of the weights.
+    pub(crate) fn prepare_inference(&mut self) -> Result<()> {
+        self.fast = Some((
+            FastLinear::fuse(&[&self.gate_proj, &self.up_proj])?,
+            FastLinear::fuse(&[&self.down_proj])?,
+        ));
+        Ok(())
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, mode: ForwardMode) -> Result<Tensor> {
+        match (mode, &self.fast) {
+            (ForwardMode::Inference, Some((gate_up, down))) => {
+                down.forward(&crate::kernels::silu_mul(&gate_up.forward(x)?)?)
+            }
+            _ => {
+                let gate = self.gate_proj.forward(x)?.silu()?;
+                Ok(self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)?)
+            }
+        }
     }
 }
 

@@ -38,6 +38,7 @@ mod decoder;
 mod distribution;
 mod error;
 mod import;
+mod kernels;
 mod layers;
 mod model;
 mod sampler;

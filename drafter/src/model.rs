@@ -12,10 +12,10 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use crate::cache::DraftCache;
-use crate::config::DrafterConfig;
+use crate::config::{DrafterConfig, MAX_BLOCK_SIZE};
 use crate::decoder::{DecoderLayer, Keys};
 use crate::error::{DrafterError, Result};
-use crate::layers::{ForwardMode, RmsNorm, Rope, causal_mask};
+use crate::layers::{FastLinear, ForwardMode, RmsNorm, Rope, causal_mask, linear_forward};
 use crate::vocab::Vocab;
 
 /// Context tokens run through the layers per pass when a long prompt enters the cache; bounds the
@@ -27,6 +27,7 @@ const EXTEND_CHUNK: usize = 256;
 pub(crate) struct FeatureProjection {
     pub(crate) fc: Linear,
     pub(crate) hidden_norm: RmsNorm,
+    fast_fc: Option<FastLinear>,
 }
 
 /// A block-diffusion drafter with its vocabulary map. Immutable once built: sessions keep their
@@ -40,6 +41,8 @@ pub struct DiffusionModel {
     pub(crate) norm: RmsNorm,
     pub(crate) lm_head: Linear,
     pub(crate) features: Option<FeatureProjection>,
+    /// Inference copy of the output layer (see [`FastLinear`]).
+    fast_lm_head: Option<FastLinear>,
     pub(crate) device: Device,
 }
 
@@ -71,10 +74,45 @@ impl DiffusionModel {
             Some(target) => Some(FeatureProjection {
                 fc: candle_nn::linear_no_bias(target.feature_dim(), config.hidden_size, model_vb.pp("fc"))?,
                 hidden_norm: RmsNorm::new(config.hidden_size, config.rms_norm_eps(), model_vb.pp("hidden_norm"))?,
+                fast_fc: None,
             }),
             None => None,
         };
-        Ok(Self { config: config.clone(), vocab, embed_tokens, layers, norm, lm_head, features, device })
+        let mut model = Self {
+            config: config.clone(),
+            vocab,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            features,
+            fast_lm_head: None,
+            device,
+        };
+        // Weights that are trainable variables change under the optimizer, so a copy would go
+        // stale: such a model computes with the variables themselves, a little slower.
+        if !model.embed_tokens.embeddings().is_variable() {
+            model.prepare_inference()?;
+        }
+        Ok(model)
+    }
+
+    /// Builds the transposed, fused copies of the weights that inference multiplies by.
+    fn prepare_inference(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            layer.prepare_inference()?;
+        }
+        self.fast_lm_head = Some(FastLinear::fuse(&[&self.lm_head])?);
+        if let Some(features) = &mut self.features {
+            features.fast_fc = Some(FastLinear::fuse(&[&features.fc])?);
+        }
+        Ok(())
+    }
+
+    /// Logits from final hidden states, (batch, len, hidden) → (batch, len, vocab_size).
+    pub(crate) fn logits(&self, hidden: &Tensor, mode: ForwardMode) -> Result<Tensor> {
+        let hidden = self.norm.forward(hidden, mode)?;
+        linear_forward(&hidden, &self.lm_head, self.fast_lm_head.as_ref(), mode)
     }
 
     /// The hyper-parameters.
@@ -107,7 +145,7 @@ impl DiffusionModel {
     /// context is unchanged. The denoising sampler calls this once per step.
     pub fn block_logits(&self, cache: &mut DraftCache, block: &[Option<u32>]) -> Result<Tensor> {
         let ids = self.block_ids(block)?;
-        self.forward_block(cache, &ids)
+        self.forward_block(cache, &ids, None)
     }
 
     /// Drafter ids of a block given in verifier ids (`None` → `[MASK]`, unknown → UNK).
@@ -122,8 +160,15 @@ impl DiffusionModel {
     }
 
     /// One pass over the pending context tokens and the block (drafter ids), returning logits for
-    /// the block positions.
-    pub(crate) fn forward_block(&self, cache: &mut DraftCache, block: &[u32]) -> Result<Tensor> {
+    /// the block positions `rows` (all of them if `None`), in that order. Later denoising steps
+    /// only need the still-masked rows, which spares most of the output layer, the largest matrix.
+    pub(crate) fn forward_block(&self, cache: &mut DraftCache, block: &[u32], rows: Option<&[usize]>) -> Result<Tensor> {
+        if !(1..=MAX_BLOCK_SIZE).contains(&block.len()) {
+            return Err(DrafterError::Input(format!(
+                "a block holds 1 to {MAX_BLOCK_SIZE} positions, got {}",
+                block.len()
+            )));
+        }
         cache.check_model(self)?;
         let start = cache.committed;
         let pending = cache.tokens.len() - start;
@@ -142,9 +187,15 @@ impl DiffusionModel {
             x = layer.forward(&x, &rope, Keys::Cache { kv, start, mask: None }, ForwardMode::Inference)?;
         }
         // Shifted models read the prediction for block position j off the position before it.
-        let rows = x.narrow(1, pending - shift, block.len())?;
-        let logits = self.lm_head.forward(&self.norm.forward(&rows, ForwardMode::Inference)?)?;
-        Ok(logits.squeeze(0)?)
+        let offset = pending - shift;
+        let hidden = match rows {
+            None => x.narrow(1, offset, block.len())?,
+            Some(rows) => {
+                let index: Vec<u32> = rows.iter().map(|&r| (offset + r) as u32).collect();
+                x.index_select(&Tensor::from_vec(index, rows.len(), &self.device)?, 1)?
+            }
+        };
+        Ok(self.logits(&hidden, ForwardMode::Inference)?.squeeze(0)?)
     }
 
     /// Runs the pending tokens up to `upto` causally through the layers and caches their keys and
@@ -197,7 +248,9 @@ impl DiffusionModel {
         let Some(projection) = &self.features else {
             return Err(DrafterError::Input("this drafter takes no verifier features".into()));
         };
-        let hidden = projection.hidden_norm.forward(&projection.fc.forward(&features.to_dtype(DType::F32)?)?, mode)?;
+        let features = features.to_dtype(DType::F32)?;
+        let projected = linear_forward(&features, &projection.fc, projection.fast_fc.as_ref(), mode)?;
+        let hidden = projection.hidden_norm.forward(&projected, mode)?;
         let add_embeddings = self.config.target.as_ref().is_some_and(|t| t.add_token_embeddings());
         Ok(if add_embeddings { (hidden + self.embed(ids)?)? } else { hidden })
     }

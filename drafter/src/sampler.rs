@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::cache::DraftCache;
 use crate::config::MAX_BLOCK_SIZE;
-use crate::distribution::{Choice, by_confidence, choose, even_share};
+use crate::distribution::{Choice, Scratch, by_confidence, choose, even_share};
 use crate::error::{DrafterError, Result};
 use crate::model::DiffusionModel;
 
@@ -116,20 +116,21 @@ impl DiffusionModel {
         let steps = sampler.steps.min(masked.len());
         let quotas = even_share(masked.len(), steps);
         let mut rng = StdRng::seed_from_u64(sampler.seed);
-        let mut scratch = Vec::with_capacity(self.config.vocab_size);
+        let mut scratch = Scratch::default();
         for (step, quota) in quotas.into_iter().enumerate() {
             if masked.is_empty() {
                 break;
             }
-            let logits = self.forward_block(cache, &block)?;
+            let logits = self.forward_block(cache, &block, Some(&masked))?;
             out.forward_passes += 1;
             let vocab = logits.dim(1)?;
             let logits = logits.flatten_all()?.to_vec1::<f32>()?;
             let mut candidates: Vec<(usize, Choice)> = masked
                 .iter()
-                .map(|&pos| {
+                .enumerate()
+                .map(|(row, &pos)| {
                     let u = if sampler.temperature > 0.0 { rng.random::<f64>() } else { 0.0 };
-                    let row = &logits[pos * vocab..(pos + 1) * vocab];
+                    let row = &logits[row * vocab..(row + 1) * vocab];
                     (pos, choose(row, self.vocab.blocked_ids(), sampler.temperature, u, sampler.top_k, &mut scratch))
                 })
                 .collect();

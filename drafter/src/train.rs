@@ -6,7 +6,7 @@
 //! so a loss on its logits trains the drafter that [`crate::DiffusionModel::draft`] runs. With
 //! [`ForwardMode::Training`] it uses only operations with a backward pass.
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 
 use crate::decoder::Keys;
 use crate::error::{DrafterError, Result};
@@ -78,6 +78,6 @@ impl DiffusionModel {
                 return Err(DrafterError::Input("this drafter is conditioned: the batch needs `features`".into()));
             }
         };
-        Ok(self.lm_head.forward(&self.norm.forward(&hidden, mode)?)?)
+        self.logits(&hidden, mode)
     }
 }

@@ -55,5 +55,7 @@ fn a_trainable_model_drafts_like_a_loaded_one() {
     b.extend(&reference, &tokens(5, 1), None).expect("extend");
     let la = model.block_logits(&mut a, &[None; 3]).expect("a");
     let lb = reference.block_logits(&mut b, &[None; 3]).expect("b");
-    assert_eq!(crate::testing::max_abs_diff(&la, &lb), 0.0);
+    // The loaded model multiplies by fused, transposed copies of the weights: same maths, other
+    // summation order.
+    assert!(crate::testing::max_abs_diff(&la, &lb) < 1e-5);
 }
