@@ -8,8 +8,8 @@ use clap::Args;
 use duet_verifier::{ChatMessage, TokenId};
 use serde::Serialize;
 
-use super::options::ModelArgs;
-use crate::drafters::{ArModelDrafter, DrafterKind, NgramDrafter};
+use super::options::{DiffusionArgs, ModelArgs};
+use crate::drafters::{ArModelDrafter, DiffusionDrafter, DrafterKind, NgramDrafter};
 use crate::engine::{self, Drafter, GenerateParams, Mode, Stats, StopReason};
 use crate::text::Utf8Stream;
 
@@ -25,7 +25,8 @@ pub struct GenerateArgs {
     /// Send the prompt as a user message through the model's chat template (from the GGUF metadata).
     #[arg(long)]
     pub chat: bool,
-    /// `ar`: verifier only; `hybrid`: speculative decoding with the drafter.
+    /// `ar`: verifier only; `hybrid`: speculative decoding with the drafter; `diffusion`: the
+    /// diffusion drafter alone, unverified (fast, lossy).
     #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
     pub mode: Mode,
     /// Drafter for hybrid mode.
@@ -42,6 +43,8 @@ pub struct GenerateArgs {
     pub json: bool,
     #[command(flatten)]
     pub models: ModelArgs,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
 }
 
 /// What `--json` prints.
@@ -70,18 +73,40 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let params = GenerateParams { max_tokens: args.max_tokens, mode: args.mode, block_size: args.block_size };
     params.validate().map_err(|e| anyhow::anyhow!("{e} (--max-tokens / --block-size)"))?;
 
-    let verifier = args.models.load_verifier(1)?;
+    let uses_diffusion = args.mode == Mode::Diffusion || (args.mode == Mode::Hybrid && args.drafter == DrafterKind::Diffusion);
+    let diffusion_model = if uses_diffusion { Some(args.diffusion.load_model()?) } else { None };
+    let sampler = args.diffusion.sampler()?;
+    let conditioned = diffusion_model.as_ref().is_some_and(|m| m.feature_dim().is_some());
+    if args.mode == Mode::Diffusion && conditioned {
+        bail!(
+            "diffusion-only mode needs a standalone drafter, but {} is conditioned on verifier features \
+             (--drafter-checkpoint)",
+            args.diffusion.checkpoint_path().display()
+        );
+    }
+
+    // Diffusion-only mode still uses the verifier's tokenizer and chat template, never its decoder.
+    let verifier = args.models.load_verifier(1, conditioned)?;
     let info = verifier.info();
     eprintln!("duet: verifier {} ({}) loaded in {:.1}s", info.description, info.path.display(), info.load_s);
+    if let Some(m) = &diffusion_model {
+        m.vocab().check_verifier(info.n_vocab).with_context(|| {
+            format!("pairing drafter {} with verifier {}", args.diffusion.checkpoint_path().display(), info.path.display())
+        })?;
+    }
 
-    let mut drafter: Option<Box<dyn Drafter>> = match (args.mode, args.drafter) {
-        (Mode::Ar, _) => None,
-        (Mode::Hybrid, DrafterKind::Ngram) => Some(Box::new(NgramDrafter::default())),
-        (Mode::Hybrid, DrafterKind::ArModel) => {
+    let mut drafter: Option<Box<dyn Drafter>> = match (args.mode, args.drafter, diffusion_model) {
+        (Mode::Ar, _, _) => None,
+        (Mode::Diffusion, _, Some(model)) | (Mode::Hybrid, DrafterKind::Diffusion, Some(model)) => {
+            Some(Box::new(DiffusionDrafter::new(model, sampler, args.diffusion.draft_hints)?))
+        }
+        (Mode::Hybrid, DrafterKind::Ngram, _) => Some(Box::new(NgramDrafter::default())),
+        (Mode::Hybrid, DrafterKind::ArModel, _) => {
             let model = args.models.load_drafter_model(1)?;
             eprintln!("duet: drafting model {} loaded in {:.1}s", model.info().description, model.info().load_s);
             Some(Box::new(ArModelDrafter::new(&model, info, 0.0).context("pairing the drafting model with the verifier")?))
         }
+        (_, _, None) => bail!("the diffusion drafter did not load"),
     };
 
     let prompt_text = if args.chat {
@@ -107,14 +132,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         true
     };
     let is_eog = |t: TokenId| info.is_eog(t);
-    let generation = engine::generate(
-        &mut session,
-        drafter.as_mut().map(|d| d.as_mut() as &mut dyn Drafter),
-        &prompt,
-        &params,
-        &is_eog,
-        &mut on_tokens,
-    )
+    let generation = match drafter.as_mut() {
+        Some(d) if args.mode == Mode::Diffusion => {
+            engine::generate_unverified(d.as_mut(), &prompt, &params, info.ctx_size, &is_eog, &mut on_tokens)
+        }
+        d => engine::generate(
+            &mut session,
+            d.map(|d| d.as_mut() as &mut dyn Drafter),
+            &prompt,
+            &params,
+            &is_eog,
+            &mut on_tokens,
+        ),
+    }
     .context("generating")?;
 
     if args.json {
@@ -123,7 +153,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             token_ids: &generation.tokens,
             stop_reason: generation.stop,
             mode: args.mode,
-            drafter: (args.mode == Mode::Hybrid).then_some(args.drafter),
+            drafter: match args.mode {
+                Mode::Ar => None,
+                Mode::Hybrid => Some(args.drafter),
+                Mode::Diffusion => Some(DrafterKind::Diffusion),
+            },
             verifier_model: info.path.display().to_string(),
             stats: &generation.stats,
         };

@@ -2,9 +2,14 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use clap::Args;
+use duet_drafter::{DiffusionModel, SamplerConfig, Schedule};
 use duet_verifier::{Verifier, VerifierConfig};
+
+use crate::drafters::HintPolicy;
 
 /// File name of the default verifier in the models directory.
 pub const DEFAULT_VERIFIER_FILE: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
@@ -47,6 +52,7 @@ impl ModelArgs {
 
     fn config(&self, path: PathBuf, max_sessions: u32) -> VerifierConfig {
         let mut cfg = VerifierConfig::new(path);
+        cfg.features = false;
         cfg.ctx_size = self.ctx_size;
         cfg.max_sessions = max_sessions;
         if let Some(t) = self.threads {
@@ -55,10 +61,12 @@ impl ModelArgs {
         cfg
     }
 
-    /// Loads the verifier.
-    pub fn load_verifier(&self, max_sessions: u32) -> anyhow::Result<Verifier> {
+    /// Loads the verifier; with `features`, it returns hidden states for a conditioned drafter.
+    pub fn load_verifier(&self, max_sessions: u32, features: bool) -> anyhow::Result<Verifier> {
         let path = self.verifier_path();
-        Verifier::load(self.config(path.clone(), max_sessions))
+        let mut cfg = self.config(path.clone(), max_sessions);
+        cfg.features = features;
+        Verifier::load(cfg)
             .with_context(|| format!("loading the verifier from {}", path.display()))
     }
 
@@ -67,5 +75,72 @@ impl ModelArgs {
         let path = self.drafter_path();
         Verifier::load(self.config(path.clone(), max_sessions))
             .with_context(|| format!("loading the drafting model from {}", path.display()))
+    }
+}
+
+/// Where the diffusion drafter comes from and how it denoises.
+#[derive(Debug, Clone, Args)]
+pub struct DiffusionArgs {
+    /// Diffusion drafter checkpoint folder (config.json + model.safetensors)
+    /// [default: drafter/checkpoints/default, the one shipped in the repository].
+    #[arg(long, env = "DUET_DRAFTER_CHECKPOINT")]
+    pub drafter_checkpoint: Option<PathBuf>,
+    /// Denoising passes per block (1 = one parallel pass).
+    #[arg(long, default_value_t = 1)]
+    pub draft_steps: usize,
+    /// Commit every position at least this confident in each pass (Fast-dLLM); default: an even
+    /// share of positions per pass, most confident first (LLaDA).
+    #[arg(long)]
+    pub draft_threshold: Option<f32>,
+    /// Drafting temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub draft_temperature: f32,
+    /// Seed of the drafter's draws at a temperature above 0.
+    #[arg(long, default_value_t = 0)]
+    pub draft_seed: u64,
+    /// Whether the last round's rejected tail starts the next block as given tokens.
+    #[arg(long, value_enum, default_value_t = HintPolicy::None)]
+    pub draft_hints: HintPolicy,
+}
+
+/// Folder of the drafter checkpoint shipped in the repository.
+pub const SHIPPED_DRAFTER: &str = "drafter/checkpoints/default";
+
+impl DiffusionArgs {
+    /// The checkpoint folder: the flag, else the shipped one (relative to the current directory,
+    /// else to the source tree the binary was built from).
+    pub fn checkpoint_path(&self) -> PathBuf {
+        if let Some(p) = &self.drafter_checkpoint {
+            return p.clone();
+        }
+        let local = PathBuf::from(SHIPPED_DRAFTER);
+        if local.is_dir() {
+            return local;
+        }
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(SHIPPED_DRAFTER)
+    }
+
+    /// Loads the drafter model.
+    pub fn load_model(&self) -> anyhow::Result<Arc<DiffusionModel>> {
+        let path = self.checkpoint_path();
+        crate::drafters::diffusion::load_model(&path)
+            .with_context(|| format!("loading the diffusion drafter from {}", path.display()))
+    }
+
+    /// The sampler settings, checked.
+    pub fn sampler(&self) -> anyhow::Result<SamplerConfig> {
+        let schedule = match self.draft_threshold {
+            Some(threshold) => Schedule::Threshold { threshold },
+            None => Schedule::LowConfidence,
+        };
+        let s = SamplerConfig {
+            steps: self.draft_steps,
+            temperature: self.draft_temperature,
+            schedule,
+            top_k: 0,
+            seed: self.draft_seed,
+        };
+        s.validate(s.steps.max(1)).context("--draft-steps / --draft-threshold / --draft-temperature")?;
+        Ok(s)
     }
 }

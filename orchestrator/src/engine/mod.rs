@@ -10,11 +10,13 @@
 mod drafter;
 mod round;
 mod stats;
+mod unverified;
 mod verifier;
 
 pub use drafter::{Draft, DraftError, DraftRequest, Drafter, Features, PreviousBlock};
 pub use round::{GenerateParams, Generation, Mode, StopReason, generate};
 pub use stats::Stats;
+pub use unverified::generate_unverified;
 pub use verifier::VerifierSession;
 
 /// Errors that end a generation.

@@ -20,6 +20,8 @@ pub enum Mode {
     Ar,
     /// Speculative: the drafter proposes blocks, the verifier checks them.
     Hybrid,
+    /// The diffusion drafter alone, no verification: fast and lossy.
+    Diffusion,
 }
 
 /// Why a generation stopped.
@@ -88,6 +90,9 @@ pub fn generate(
     on_tokens: &mut dyn FnMut(&[TokenId]) -> bool,
 ) -> Result<Generation, EngineError> {
     params.validate()?;
+    if params.mode == Mode::Diffusion {
+        return Err(EngineError::Invalid("diffusion-only mode has no verifier: use generate_unverified".into()));
+    }
     if prompt.is_empty() {
         return Err(EngineError::Invalid("the prompt must not be empty".into()));
     }
