@@ -1,5 +1,5 @@
 //! Cost of one drafting call of the block-diffusion drafter at the proposed shipped size
-//! (`DrafterConfig::proposed(16_384)`: 4 layers of width 384, reduced vocabulary of 16,384 tokens,
+//! (`DrafterConfig::proposed(8192)`: 4 layers of width 256, reduced vocabulary of 8,192 tokens,
 //! conditioned on three Qwen2.5-Coder-1.5B layers), with a context of 300 tokens already cached.
 //!
 //! Budget: under 15% of one Qwen2.5-Coder-1.5B decode step on the project's 2-core CPU
@@ -14,7 +14,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use duet_drafter::{DiffusionModel, DraftCache, DrafterConfig, SamplerConfig};
 
-const REDUCED_VOCAB: usize = 16_384;
+const REDUCED_VOCAB: usize = 8192;
 const CONTEXT: usize = 300;
 
 fn context_tokens(n: usize) -> Vec<u32> {

@@ -97,39 +97,81 @@ impl Rope {
     }
 }
 
-/// One or more linear layers fused side by side and stored transposed, `(in, out)` row-major, for
-/// inference. candle keeps a `Linear` weight as `(out, in)`; multiplying by its transpose makes the
-/// CPU gemm repack the whole weight matrix on every call, which costs more than the product itself
-/// for the few rows of a block. Stored this way the gemm streams the weights as they are.
+/// One or more linear layers fused side by side and stored for inference.
+///
+/// candle keeps a `Linear` weight as `(out, in)`; multiplying by its transpose makes the CPU gemm
+/// repack the whole weight matrix on every call, which costs more than the product itself for the
+/// few rows of a block. Stored transposed, `(in, out)` row-major, the gemm streams the weights as
+/// they are. A wide output layer is further cut into column panels stored one after the other,
+/// `(panels, in, PANEL)`: each panel is then read front to back, instead of every row of the
+/// matrix touching another memory page (measured 1.4x faster for the 8k-wide output layer).
 #[derive(Debug, Clone)]
 pub(crate) struct FastLinear {
-    weight_t: Tensor,
+    weights: FastWeights,
     bias: Option<Tensor>,
+    out: usize,
 }
+
+#[derive(Debug, Clone)]
+enum FastWeights {
+    /// (in, out)
+    Transposed(Tensor),
+    /// (panels, in, PANEL), zero-padded to a whole number of panels.
+    Panels(Tensor),
+}
+
+/// Output columns per panel of a wide layer.
+const PANEL: usize = 128;
+/// Outputs from which a layer is stored in panels (the output layer; the others fit in cache).
+const PANEL_FROM: usize = 4096;
 
 impl FastLinear {
     /// Fuses `linears` (same input width) into one product whose output is their outputs side by
     /// side. Either all of them have a bias or none.
     pub(crate) fn fuse(linears: &[&Linear]) -> Result<Self> {
         let weights: Vec<&Tensor> = linears.iter().map(|l| l.weight()).collect();
-        let weight_t = Tensor::cat(&weights, 0)?.t()?.contiguous()?;
+        let weight = Tensor::cat(&weights, 0)?; // (out, in)
+        let (out, width) = weight.dims2()?;
         let biases: Option<Vec<&Tensor>> = linears.iter().map(|l| l.bias()).collect();
         let bias = match biases {
             Some(b) if !b.is_empty() => Some(Tensor::cat(&b, 0)?),
             _ => None,
         };
-        Ok(Self { weight_t, bias })
+        let weights = if out >= PANEL_FROM {
+            let panels = out.div_ceil(PANEL);
+            let padded = if panels * PANEL > out {
+                let zeros = Tensor::zeros((panels * PANEL - out, width), weight.dtype(), weight.device())?;
+                Tensor::cat(&[&weight, &zeros], 0)?
+            } else {
+                weight
+            };
+            // (panels * PANEL, in) -> (panels, PANEL, in) -> (panels, in, PANEL)
+            FastWeights::Panels(padded.reshape((panels, PANEL, width))?.transpose(1, 2)?.contiguous()?)
+        } else {
+            FastWeights::Transposed(weight.t()?.contiguous()?)
+        };
+        Ok(Self { weights, bias, out })
     }
 
     /// `x` (batch, len, in) → (batch, len, out).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b_sz, seq_len, width) = x.dims3()?;
-        let y = x.reshape((b_sz * seq_len, width))?.matmul(&self.weight_t)?;
+        let rows = b_sz * seq_len;
+        let x = x.reshape((rows, width))?;
+        let y = match &self.weights {
+            FastWeights::Transposed(w) => x.matmul(w)?,
+            FastWeights::Panels(w) => {
+                let panels = w.dim(0)?;
+                let y = x.unsqueeze(0)?.broadcast_as((panels, rows, width))?.matmul(w)?; // (panels, rows, PANEL)
+                let y = y.transpose(0, 1)?.reshape((rows, panels * PANEL))?;
+                if panels * PANEL == self.out { y } else { y.narrow(1, 0, self.out)? }
+            }
+        };
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
         };
-        Ok(y.reshape((b_sz, seq_len, ()))?)
+        Ok(y.reshape((b_sz, seq_len, self.out))?)
     }
 }
 
@@ -228,6 +270,24 @@ mod tests {
         let fast = norm.forward(&x, ForwardMode::Inference).expect("fast");
         let slow = norm.forward(&x, ForwardMode::Training).expect("slow");
         assert!(max_abs_diff(&fast, &slow) < 1e-5);
+    }
+
+    #[test]
+    fn fused_inference_weights_compute_what_the_linear_layers_compute() {
+        let dev = Device::Cpu;
+        let linear = |out: usize, bias: bool| {
+            let w = Tensor::randn(0f32, 1.0, (out, 8), &dev).expect("w");
+            Linear::new(w, bias.then(|| Tensor::randn(0f32, 1.0, out, &dev).expect("b")))
+        };
+        let x = Tensor::randn(0f32, 1.0, (1, 5, 8), &dev).expect("x");
+        // A narrow pair fused side by side, and a wide layer stored in padded panels.
+        for parts in [vec![linear(6, true), linear(3, true)], vec![linear(PANEL_FROM + 3, false)]] {
+            let refs: Vec<&Linear> = parts.iter().collect();
+            let fast = FastLinear::fuse(&refs).expect("fuse").forward(&x).expect("fast");
+            let plain: Vec<Tensor> = parts.iter().map(|l| l.forward(&x).expect("plain")).collect();
+            let plain = Tensor::cat(&plain, D::Minus1).expect("cat");
+            assert!(max_abs_diff(&fast, &plain) < 1e-4);
+        }
     }
 
     #[test]
