@@ -109,10 +109,11 @@ impl DrafterConfig {
     /// The size proposed for shipping with Qwen2.5-Coder verifiers: 4 layers of width 256 (4 query
     /// heads and 2 key/value heads of width 64, per-head q/k norms), a SwiGLU of 768, a reduced
     /// vocabulary of `reduced_vocab` frequent tokens (8192 proposed) plus `[MASK]` and UNK, and
-    /// DFlash conditioning on three layers of Qwen2.5-Coder-1.5B. Chosen so that one parallel pass
-    /// over a block of up to 16 positions stays within about 15% of one verifier decode step on the
-    /// project's 2-core CPU (see the `drafter_block` bench): the output layer and the weights
-    /// streamed per pass are what it costs, so width and vocabulary are kept small.
+    /// DFlash conditioning on three layers of Qwen2.5-Coder-1.5B. Sized so that one parallel pass
+    /// over a block of up to 16 positions costs about 15% of one verifier decode step (28 ms) on
+    /// the project's 2-core CPU (see the `drafter_block` bench); every further denoising step costs
+    /// another pass. A pass streams all the weights, the output layer being the largest, so width
+    /// and vocabulary are kept small.
     pub fn proposed(reduced_vocab: usize) -> Self {
         let mut config = Self::proposed_standalone(reduced_vocab);
         config.target = Some(TargetConditioning {

@@ -30,6 +30,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod attention;
 mod cache;
 mod checkpoint;

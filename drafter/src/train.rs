@@ -15,6 +15,11 @@ use crate::model::DiffusionModel;
 
 /// One batch of training sequences: `context_len` clean context tokens followed by block tokens
 /// (noised: `[MASK]` at the positions to predict).
+///
+/// In DFlash mode the context is the positions with verifier features. Drafting runs context
+/// tokens that have no features yet — the verifier's newest token, its correction or bonus — in
+/// front of the block as given positions (DFlash's anchor); train the same way by making them the
+/// first, unmasked, block positions.
 #[derive(Debug, Clone)]
 pub struct TrainBatch {
     /// Drafter ids, (batch, context_len + block_len), u32.

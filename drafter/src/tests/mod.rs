@@ -6,3 +6,10 @@ mod conditioning;
 mod import;
 mod sampler;
 mod training;
+
+#[test]
+fn models_and_caches_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<crate::DiffusionModel>();
+    send_sync::<crate::DraftCache>();
+}

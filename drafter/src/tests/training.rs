@@ -59,3 +59,35 @@ fn a_trainable_model_drafts_like_a_loaded_one() {
     // summation order.
     assert!(crate::testing::max_abs_diff(&la, &lb) < 1e-5);
 }
+
+#[test]
+fn adamw_steps_on_the_training_forward_lower_the_loss() {
+    use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+    let device = Device::Cpu;
+    let config = tiny_config();
+    let varmap = seeded_varmap(&config, 2, &device).expect("varmap");
+    let vocab = DiffusionModel::random(&config, 0).expect("vocab source").vocab().clone();
+    let model =
+        DiffusionModel::new(&config, vocab, VarBuilder::from_varmap(&varmap, DType::F32, &device)).expect("model");
+    let (context, block) = (8, 4);
+    let clean = tokens(context + block, 5);
+    let mut noisy = clean.clone();
+    noisy[context..].fill(62);
+    let batch = TrainBatch {
+        tokens: Tensor::from_vec(noisy, (1, context + block), &device).expect("tokens"),
+        context_len: context,
+        features: None,
+    };
+    let targets = Tensor::from_vec(clean[context..].to_vec(), block, &device).expect("targets");
+    let loss = |model: &DiffusionModel| {
+        let logits = model.forward_train(&batch, ForwardMode::Training).expect("forward");
+        candle_nn::loss::cross_entropy(&logits.squeeze(0).expect("squeeze"), &targets).expect("loss")
+    };
+    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-2, ..Default::default() }).expect("adamw");
+    let before = loss(&model).to_scalar::<f32>().expect("scalar");
+    for _ in 0..10 {
+        opt.backward_step(&loss(&model)).expect("step");
+    }
+    let after = loss(&model).to_scalar::<f32>().expect("scalar");
+    assert!(after < before * 0.5, "loss {before} -> {after}");
+}
