@@ -144,7 +144,12 @@ impl Attention {
         let v = v.transpose(1, 2)?;
         let (k, v) = if b_sz == 1 { (k, v) } else { (k.contiguous()?, v.contiguous()?) };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.transpose(2, 3)?)? * scale)?;
+        let scores = q.matmul(&k.transpose(2, 3)?)?;
+        // Inference folds the scale into the softmax kernel; training keeps differentiable ops.
+        let scores = match mode {
+            ForwardMode::Inference => scores,
+            ForwardMode::Training => (scores * scale)?,
+        };
         let scores = match mask {
             Some(mask) => scores
                 .reshape((b_sz, self.num_kv_heads, q_len, groups, kv_len))?
@@ -153,7 +158,7 @@ impl Attention {
             None => scores,
         };
         let probs = match mode {
-            ForwardMode::Inference => crate::kernels::softmax_last_dim(&scores)?,
+            ForwardMode::Inference => crate::kernels::scaled_softmax_last_dim(&scores, scale as f32)?,
             ForwardMode::Training => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let out = probs

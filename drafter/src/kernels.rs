@@ -75,8 +75,10 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
     }
 }
 
-/// Softmax over the last dimension.
-struct SoftmaxLastDim;
+/// Softmax over the last dimension of `scale * x`.
+struct SoftmaxLastDim {
+    scale: f32,
+}
 
 impl CustomOp1 for SoftmaxLastDim {
     fn name(&self) -> &'static str {
@@ -90,7 +92,7 @@ impl CustomOp1 for SoftmaxLastDim {
         for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
             let max = max_of(s);
             for (d, &s) in d.iter_mut().zip(s) {
-                *d = fast_exp(s - max);
+                *d = fast_exp((s - max) * self.scale);
             }
             let inv = 1.0 / sum_of(d);
             d.iter_mut().for_each(|v| *v *= inv);
@@ -99,9 +101,10 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
-/// Softmax over the last dimension of an f32 tensor.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
+/// Softmax over the last dimension of `scale * x` (an f32 tensor; `scale > 0`), the attention
+/// scale folded in to spare a pass over the scores.
+pub(crate) fn scaled_softmax_last_dim(x: &Tensor, scale: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim { scale })
 }
 
 /// SwiGLU's `silu(gate) * up` on a tensor whose last dimension holds gate and up side by side.
@@ -159,8 +162,8 @@ mod tests {
     fn kernels_match_candle() {
         let dev = Device::Cpu;
         let x = (Tensor::randn(0f32, 1.0, (3, 5, 40), &dev).expect("randn") * 6.0).expect("scale");
-        let ours = softmax_last_dim(&x).expect("ours");
-        let theirs = candle_nn::ops::softmax_last_dim(&x).expect("theirs");
+        let ours = scaled_softmax_last_dim(&x, 0.5).expect("ours");
+        let theirs = candle_nn::ops::softmax_last_dim(&(&x * 0.5).expect("scale")).expect("theirs");
         assert!(crate::testing::max_abs_diff(&ours, &theirs) < 1e-6);
 
         let ours = silu_mul(&x).expect("ours");

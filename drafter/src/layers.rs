@@ -163,8 +163,12 @@ impl FastLinear {
             FastWeights::Panels(w) => {
                 let panels = w.dim(0)?;
                 let y = x.unsqueeze(0)?.broadcast_as((panels, rows, width))?.matmul(w)?; // (panels, rows, PANEL)
-                let y = y.transpose(0, 1)?.reshape((rows, panels * PANEL))?;
-                if panels * PANEL == self.out { y } else { y.narrow(1, 0, self.out)? }
+                // The padding columns are cut off by a view, not a copy: the caller reads rows.
+                let y = y.transpose(0, 1)?.reshape((b_sz, seq_len, panels * PANEL))?.narrow(2, 0, self.out)?;
+                return Ok(match &self.bias {
+                    Some(bias) => y.broadcast_add(bias)?,
+                    None => y,
+                });
             }
         };
         let y = match &self.bias {

@@ -121,16 +121,14 @@ impl DiffusionModel {
             if masked.is_empty() {
                 break;
             }
-            let logits = self.forward_block(cache, &block, Some(&masked))?;
+            let logits = self.forward_block(cache, &block, Some(&masked))?.to_vec2::<f32>()?;
             out.forward_passes += 1;
-            let vocab = logits.dim(1)?;
-            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
             let mut candidates: Vec<(usize, Choice)> = masked
                 .iter()
                 .enumerate()
                 .map(|(row, &pos)| {
                     let u = if sampler.temperature > 0.0 { rng.random::<f64>() } else { 0.0 };
-                    let row = &logits[row * vocab..(row + 1) * vocab];
+                    let row = &logits[row];
                     (pos, choose(row, self.vocab.blocked_ids(), sampler.temperature, u, sampler.top_k, &mut scratch))
                 })
                 .collect();
