@@ -10,3 +10,5 @@ pub mod cli;
 pub mod drafters;
 pub mod engine;
 pub mod text;
+pub mod training;
+pub mod suite;

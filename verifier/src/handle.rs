@@ -126,6 +126,16 @@ impl Session {
         Ok(verdict)
     }
 
+    /// Teacher forcing: evaluates `tokens` (at most the batch size) from an empty cache and returns
+    /// the verifier's greedy choice after every position and, with features on, every position's
+    /// hidden state. The session is left empty. Used to build drafter training data.
+    pub fn score(&mut self, tokens: &[TokenId]) -> Result<(Vec<Choice>, Vec<f32>), VerifierError> {
+        let seq = self.seq;
+        let out = self.verifier.call(|reply| Command::Score { seq, tokens: tokens.to_vec(), reply })?;
+        self.len = 0;
+        Ok(out)
+    }
+
     /// Tokens in the KV cache (the pending token not counted).
     pub fn len(&self) -> usize {
         self.len

@@ -30,6 +30,7 @@ pub(crate) enum Command {
     Open { reply: Reply<i32> },
     Close { seq: i32 },
     Feed { seq: i32, tokens: Vec<TokenId>, reply: Reply<Verdict> },
+    Score { seq: i32, tokens: Vec<TokenId>, reply: Reply<(Vec<Choice>, Vec<f32>)> },
     Verify { seq: i32, draft: Vec<TokenId>, reply: Reply<Verdict> },
 }
 
@@ -193,6 +194,9 @@ impl Worker<'_> {
             Command::Feed { seq, tokens, reply } => {
                 let _ = reply.send(self.feed(seq, &tokens));
             }
+            Command::Score { seq, tokens, reply } => {
+                let _ = reply.send(self.score(seq, &tokens));
+            }
             Command::Verify { seq, draft, reply } => {
                 let _ = reply.send(self.verify(seq, &draft));
             }
@@ -325,6 +329,27 @@ impl Worker<'_> {
         st.tokens = tokens.to_vec();
         st.pending = Some(choice.token);
         Ok(Verdict { accepted: 0, next: choice, choices: vec![choice], features })
+    }
+
+    /// Evaluates `tokens` from an empty cache with the greedy choice at every position (teacher
+    /// forcing), then leaves the session empty again.
+    fn score(&mut self, seq: i32, tokens: &[TokenId]) -> Result<(Vec<Choice>, Vec<f32>), VerifierError> {
+        if tokens.is_empty() || tokens.len() > self.config.batch_size as usize {
+            return Err(VerifierError::InvalidRequest(format!(
+                "`tokens` to score must number 1 to {} (the batch size), got {}",
+                self.config.batch_size,
+                tokens.len()
+            )));
+        }
+        self.check_tokens(tokens)?;
+        self.check_room("the scored sequence", tokens.len())?;
+        self.remove_from(seq, 0)?;
+        let result = self.decode(seq, 0, tokens, tokens.len());
+        self.remove_from(seq, 0)?;
+        let st = self.state(seq)?;
+        st.tokens.clear();
+        st.pending = None;
+        result
     }
 
     fn pending(&mut self, seq: i32) -> Result<(usize, TokenId), VerifierError> {

@@ -2,7 +2,9 @@
 
 mod generate;
 mod models;
+mod eval;
 mod options;
+mod train;
 
 use std::process::ExitCode;
 
@@ -28,6 +30,10 @@ enum Command {
     },
     /// Generate a completion for one prompt and print it (streamed) or, with --json, one JSON object.
     Generate(GenerateArgs),
+    /// Build the drafter's training data with the verifier and train the diffusion drafter.
+    TrainDrafter(train::TrainArgs),
+    /// Measure the diffusion drafter against the real verifier: τ, acceptance by position, speed.
+    EvalDrafter(eval::EvalArgs),
 }
 
 /// Parses the command line, runs it, and turns any error into one line on stderr and exit code 1.
@@ -37,6 +43,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Models { command } => models::run(command),
         Command::Generate(args) => generate::run(args),
+        Command::TrainDrafter(args) => train::run(args),
+        Command::EvalDrafter(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

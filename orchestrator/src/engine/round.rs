@@ -168,12 +168,14 @@ pub fn generate(
             let verdict = session.step()?;
             features.extend_from_slice(&verdict.features);
             pending = verdict.choices;
+            stats.accepted_lengths.push(0);
             previous = None;
         } else {
             let verdict = session.verify(&draft.tokens)?;
             features.extend_from_slice(&verdict.features);
             stats.drafted += draft.tokens.len();
             stats.accepted += verdict.accepted;
+            stats.accepted_lengths.push(verdict.accepted);
             previous = Some(PreviousBlock {
                 draft: draft.tokens.clone(),
                 accepted: verdict.accepted,

@@ -29,6 +29,8 @@ pub struct Stats {
     pub verifier_s: f64,
     /// Draft lengths the engine chose, one per round (0 for an AR step).
     pub draft_lengths: Vec<usize>,
+    /// Draft tokens accepted, one per round.
+    pub accepted_lengths: Vec<usize>,
     /// Drafter failures that fell back to an AR step.
     pub drafter_failures: usize,
 }
@@ -42,5 +44,25 @@ impl Stats {
         // The first token comes from the prompt pass, not from a round.
         let from_rounds = self.rounds + self.accepted;
         self.mean_accepted_length = if self.rounds > 0 { from_rounds as f64 / self.rounds as f64 } else { 0.0 };
+    }
+}
+
+impl Stats {
+    /// For each block position i: of the rounds whose draft reached position i, the share whose
+    /// accepted prefix covered it.
+    pub fn acceptance_by_position(&self) -> Vec<f64> {
+        let longest = self.draft_lengths.iter().copied().max().unwrap_or(0);
+        (0..longest)
+            .map(|i| {
+                let (mut drafted, mut accepted) = (0usize, 0usize);
+                for (&d, &a) in self.draft_lengths.iter().zip(&self.accepted_lengths) {
+                    if d > i {
+                        drafted += 1;
+                        accepted += usize::from(a > i);
+                    }
+                }
+                accepted as f64 / drafted.max(1) as f64
+            })
+            .collect()
     }
 }
