@@ -6,7 +6,9 @@
 //! (28 ms → about 4 ms per block). Also measured: the per-round cache update (8 accepted tokens),
 //! and the standalone variant of the same size, whose context runs through the layers.
 //!
-//! Run: `CARGO_TARGET_DIR=/work/target-drafter cargo bench -p duet-drafter`
+//! Run: `CARGO_TARGET_DIR=/work/target-drafter cargo bench -p duet-drafter`. candle multiplies on
+//! every core by default; `RAYON_NUM_THREADS=1` measures one core, which was the faster setting
+//! for these small products whenever the machine was shared with another job.
 
 use std::hint::black_box;
 use std::time::Duration;
