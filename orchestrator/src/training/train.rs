@@ -109,7 +109,7 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<TrainState> {
 
     let params = ParamsAdamW { lr: opts.lr, weight_decay: 0.01, ..ParamsAdamW::default() };
     let mut opt = AdamW::new(varmap.all_vars(), params)?;
-    let mut rng = Rng(opts.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9));
+    let mut rng = Rng::new(opts.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9));
     let started = Instant::now();
     let start_step = state.step;
     let earlier_s = state.train_s;
@@ -251,7 +251,7 @@ fn evaluate_and_save(
     device: &Device,
 ) -> anyhow::Result<()> {
     if held.rows() > 0 {
-        let mut rng = Rng(12345);
+        let mut rng = Rng::new(12345);
         let (mut loss_sum, mut hits, mut n) = (0.0, 0usize, 0usize);
         for _ in 0..8 {
             let ex = sample(held, model, opts, &mut rng, device)?;
@@ -291,6 +291,15 @@ fn save(model: &DiffusionModel, dir: &Path, state: &TrainState) -> anyhow::Resul
 struct Rng(u64);
 
 impl Rng {
+    /// Seeds through splitmix64: xorshift never leaves the all-zero state, so seed 0 must not map
+    /// to it.
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
     fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -321,6 +330,15 @@ mod tests {
     }
 
     #[test]
+    fn example_sampling_varies_for_every_seed() {
+        for seed in [0, 1, 42] {
+            let mut r = Rng::new(seed);
+            let draws: std::collections::HashSet<usize> = (0..50).map(|_| r.below(1000)).collect();
+            assert!(draws.len() > 40, "seed {seed}: {} distinct draws of 50", draws.len());
+        }
+    }
+
+    #[test]
     fn training_lowers_the_loss_and_resumes_from_its_checkpoint() {
         let root = std::env::temp_dir().join(format!("duet-train-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -338,7 +356,7 @@ mod tests {
             layers: 1,
             hidden: 128,
             eval_every: 30,
-            seed: 1,
+            seed: 0,
             verifier_layers: 2,
         };
         let first = train(&opts).expect("train");
