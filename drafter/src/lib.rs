@@ -63,7 +63,7 @@ pub use error::{DrafterError, Result, VocabError};
 pub use import::{DREAM_MASK_TOKEN_ID, LLADA_MASK_TOKEN_ID};
 pub use layers::ForwardMode;
 pub use model::DiffusionModel;
-pub use sampler::{DraftBlock, SamplerConfig, Schedule};
+pub use sampler::{DraftBlock, MAX_GUIDANCE, SamplerConfig, Schedule};
 pub use train::TrainBatch;
 pub use vocab::{NO_TOKEN, Vocab};
 pub use weights::{INIT_STD, random_weights, seeded_varmap};

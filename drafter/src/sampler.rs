@@ -18,6 +18,9 @@ use crate::distribution::{Choice, Scratch, by_confidence, choose, even_share};
 use crate::error::{DrafterError, Result};
 use crate::model::DiffusionModel;
 
+/// Largest classifier-free guidance scale accepted.
+pub const MAX_GUIDANCE: f32 = 10.0;
+
 /// Which masked positions a denoising step commits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Schedule {
@@ -47,12 +50,17 @@ pub struct SamplerConfig {
     /// Seed of the draws at `temperature > 0`: the same seed, model, context and block give the
     /// same draft. Vary it per round to get independent drafts.
     pub seed: u64,
+    /// Classifier-free guidance scale w (0 = off): each pass also runs the block with no context
+    /// (what the model learned for a block at the start of a text) and drafts from
+    /// `cond + w · (cond − uncond)`, sharpening what the context adds. For diffusion-only
+    /// generation; a drafter for a verifier wants the plain conditional distribution.
+    pub guidance: f32,
 }
 
 impl Default for SamplerConfig {
     /// One greedy pass, no alternatives.
     fn default() -> Self {
-        Self { steps: 1, temperature: 0.0, schedule: Schedule::LowConfidence, top_k: 0, seed: 0 }
+        Self { steps: 1, temperature: 0.0, schedule: Schedule::LowConfidence, top_k: 0, seed: 0, guidance: 0.0 }
     }
 }
 
@@ -70,6 +78,9 @@ impl SamplerConfig {
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(bad("temperature", format!("must be a finite number >= 0, got {}", self.temperature)));
+        }
+        if !(self.guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&self.guidance)) {
+            return Err(bad("guidance", format!("must be between 0 and {MAX_GUIDANCE}, got {}", self.guidance)));
         }
         if let Schedule::Threshold { threshold } = self.schedule
             && !(threshold > 0.0 && threshold <= 1.0)
@@ -117,11 +128,20 @@ impl DiffusionModel {
         let quotas = even_share(masked.len(), steps);
         let mut rng = StdRng::seed_from_u64(sampler.seed);
         let mut scratch = Scratch::default();
+        // The unconditional branch of guidance: the same block with an empty context.
+        let mut uncond = if sampler.guidance > 0.0 { Some(DraftCache::new(self)?) } else { None };
         for (step, quota) in quotas.into_iter().enumerate() {
             if masked.is_empty() {
                 break;
             }
-            let logits = self.forward_block(cache, &block, Some(&masked))?.to_vec2::<f32>()?;
+            let mut logits = self.forward_block(cache, &block, Some(&masked))?;
+            if let Some(uncond) = uncond.as_mut() {
+                let free = self.forward_block(uncond, &block, Some(&masked))?;
+                let w = f64::from(sampler.guidance);
+                logits = ((logits.clone() * (1.0 + w))? - (free * w)?)?;
+                out.forward_passes += 1;
+            }
+            let logits = logits.to_vec2::<f32>()?;
             out.forward_passes += 1;
             let mut candidates: Vec<(usize, Choice)> = masked
                 .iter()

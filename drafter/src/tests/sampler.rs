@@ -104,6 +104,8 @@ fn out_of_range_sampler_settings_are_refused_by_name() {
         (SamplerConfig { steps: 5, ..SamplerConfig::default() }, 4, "steps"),
         (SamplerConfig { temperature: -1.0, ..SamplerConfig::default() }, 4, "temperature"),
         (SamplerConfig { schedule: Schedule::Threshold { threshold: 0.0 }, ..SamplerConfig::default() }, 4, "threshold"),
+        (SamplerConfig { guidance: -0.5, ..SamplerConfig::default() }, 4, "guidance"),
+        (SamplerConfig { guidance: f32::NAN, ..SamplerConfig::default() }, 4, "guidance"),
         (SamplerConfig::default(), 65, "block"),
         (SamplerConfig::default(), 0, "block"),
     ];
@@ -111,4 +113,20 @@ fn out_of_range_sampler_settings_are_refused_by_name() {
         let err = model.draft(&mut cache, &vec![None; len], &sampler).expect_err(field).to_string();
         assert!(err.contains(field), "{err}");
     }
+}
+
+#[test]
+fn guidance_drafts_from_the_extrapolated_logits_with_an_extra_pass() {
+    let (model, mut cache) = setup();
+    let w = 1.5f64;
+    let guided = model.draft(&mut cache, &[None; 6], &SamplerConfig { guidance: w as f32, ..SamplerConfig::default() }).expect("guided");
+    assert_eq!(guided.forward_passes, 2, "one conditional and one unconditional pass");
+    let cond = model.block_logits(&mut cache, &[None; 6]).expect("cond");
+    let mut empty = model.new_cache().expect("empty cache");
+    let free = model.block_logits(&mut empty, &[None; 6]).expect("uncond");
+    let mixed = ((cond * (1.0 + w)).expect("scale") - (free * w).expect("scale")).expect("mix");
+    let argmax: Vec<u32> = mixed.narrow(1, 0, 62).and_then(|l| l.argmax(1)).and_then(|t| t.to_vec1::<u32>()).expect("argmax");
+    assert_eq!(guided.tokens, argmax);
+    let plain = model.draft(&mut cache, &[None; 6], &SamplerConfig::default()).expect("plain");
+    assert_eq!(plain.forward_passes, 1);
 }

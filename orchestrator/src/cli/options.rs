@@ -98,6 +98,10 @@ pub struct DiffusionArgs {
     /// Seed of the drafter's draws at a temperature above 0.
     #[arg(long, default_value_t = 0)]
     pub draft_seed: u64,
+    /// Classifier-free guidance scale for diffusion-only generation (0 = off, at most 10): drafts
+    /// from `cond + w · (cond − uncond)`, the unconditional pass seeing the block without context.
+    #[arg(long, default_value_t = 0.0)]
+    pub draft_guidance: f32,
     /// Whether the last round's rejected tail starts the next block as given tokens.
     #[arg(long, value_enum, default_value_t = HintPolicy::None)]
     pub draft_hints: HintPolicy,
@@ -105,6 +109,8 @@ pub struct DiffusionArgs {
 
 /// Folder of the drafter checkpoint shipped in the repository.
 pub const SHIPPED_DRAFTER: &str = "drafter/checkpoints/default";
+/// Where the conditioned (DFlash-style) recipe writes its checkpoint by default; not shipped.
+pub const CONDITIONED_DRAFTER: &str = "drafter/checkpoints/conditioned";
 
 impl DiffusionArgs {
     /// The checkpoint folder: the flag, else the shipped one (relative to the current directory,
@@ -139,8 +145,9 @@ impl DiffusionArgs {
             schedule,
             top_k: 0,
             seed: self.draft_seed,
+            guidance: self.draft_guidance,
         };
-        s.validate(s.steps.max(1)).context("--draft-steps / --draft-threshold / --draft-temperature")?;
+        s.validate(s.steps.max(1)).context("--draft-steps / --draft-threshold / --draft-temperature / --draft-guidance")?;
         Ok(s)
     }
 }

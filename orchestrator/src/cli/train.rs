@@ -7,6 +7,8 @@ use clap::{Args, ValueEnum};
 
 use super::options::{ModelArgs, default_models_dir};
 use crate::training::build::{self, BuildOptions};
+use crate::training::standalone;
+use crate::training::standalone_train::{self, StandaloneOptions};
 use crate::training::train::{self as trainer, TrainOptions};
 
 /// Which part of the recipe to run.
@@ -44,7 +46,8 @@ pub struct TrainArgs {
     /// Seed of the corpus order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Checkpoint folder to write (and resume from) [default: drafter/checkpoints/default].
+    /// Checkpoint folder to write (and resume from) [default: drafter/checkpoints/default, the
+    /// shipped drafter, with --standalone; drafter/checkpoints/conditioned otherwise].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Minutes of training in this run (training resumes from the checkpoint next time).
@@ -74,6 +77,13 @@ pub struct TrainArgs {
     /// Held-out evaluation and checkpoint every this many steps.
     #[arg(long, default_value_t = 200)]
     pub eval_every: usize,
+    /// Train the standalone drafter (no verifier features) on the whole corpus as token streams,
+    /// instead of the conditioned drafter on verifier-scored windows.
+    #[arg(long)]
+    pub standalone: bool,
+    /// Standalone recipe: longest context in front of a training block.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
     #[command(flatten)]
     pub models: ModelArgs,
 }
@@ -95,6 +105,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         // SAFETY: no other thread exists yet; the verifier thread starts below.
         unsafe { std::env::set_var("GGML_CPU_TILED_MM", "1") };
     }
+    if args.standalone {
+        return run_standalone(&args);
+    }
     let verifier = args.models.load_verifier(1, true)?;
     eprintln!("[data] verifier {} loaded in {:.1}s", verifier.info().description, verifier.info().load_s);
     let opts = BuildOptions {
@@ -113,7 +126,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(args.hidden % 64 == 0 && args.hidden >= 128, "`--hidden` must be a multiple of 64, at least 128, got {}", args.hidden);
     anyhow::ensure!((2..=64).contains(&args.block), "`--block` must be between 2 and 64, got {}", args.block);
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(super::options::SHIPPED_DRAFTER));
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(super::options::CONDITIONED_DRAFTER));
     let state = trainer::train(&TrainOptions {
         data_dir: opts.dir,
         out_dir: out.clone(),
@@ -136,6 +149,47 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         state.train_s / 60.0,
         state.held_out_loss,
         state.held_out_acc1
+    );
+    Ok(())
+}
+
+/// The standalone recipe: tokenise the corpus into token streams, then train on CPU (or hand the
+/// streams to `scripts/train_drafter_gpu.py`, which writes the same checkpoint format).
+fn run_standalone(args: &TrainArgs) -> anyhow::Result<()> {
+    let dir = args.data_dir.clone().unwrap_or_else(|| standalone::default_dir(&default_models_dir()));
+    if args.stage != Stage::Train {
+        let verifier = args.models.load_verifier(1, false)?;
+        standalone::export(&verifier, &dir, args.reduced_vocab)?;
+    }
+    if args.stage == Stage::Data {
+        return Ok(());
+    }
+    anyhow::ensure!(args.hidden % 64 == 0 && args.hidden >= 128, "`--hidden` must be a multiple of 64, at least 128, got {}", args.hidden);
+    anyhow::ensure!((2..=64).contains(&args.block), "`--block` must be between 2 and 64, got {}", args.block);
+    anyhow::ensure!((16..=2048).contains(&args.context), "`--context` must be between 16 and 2048, got {}", args.context);
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(super::options::SHIPPED_DRAFTER));
+    let (state, eval) = standalone_train::train(&StandaloneOptions {
+        data_dir: dir,
+        out_dir: out.clone(),
+        block: args.block,
+        context: args.context,
+        batch: args.batch.max(1),
+        lr: args.lr,
+        minutes: args.minutes,
+        max_steps: args.max_steps,
+        layers: args.layers,
+        hidden: args.hidden,
+        eval_every: args.eval_every.max(1),
+        seed: args.seed,
+    })?;
+    eprintln!(
+        "[train] checkpoint {} at step {} ({:.0} min of training in all): held-out loss {:.3}, first-position accuracy {:.3}, matching prefix {:.2}",
+        out.display(),
+        state.step,
+        state.train_s / 60.0,
+        eval.loss,
+        eval.acc1,
+        eval.prefix
     );
     Ok(())
 }

@@ -39,12 +39,21 @@ pub fn cargo_registry() -> Option<PathBuf> {
 
 /// Every corpus file under the known roots, sorted by path for reproducibility.
 pub fn collect() -> Vec<SourceFile> {
+    collect_files(false)
+}
+
+/// [`collect`] plus CPython's own test suite: more Python for a drafter that only needs tokens.
+pub fn collect_with_tests() -> Vec<SourceFile> {
+    collect_files(true)
+}
+
+fn collect_files(python_tests: bool) -> Vec<SourceFile> {
     let mut files = Vec::new();
     if let Some(root) = cpython_stdlib() {
         walk(&root, &mut |p| {
             let s = p.to_string_lossy();
-            let skip = s.contains("/test/") || s.contains("/tests/") || s.contains("/idle_test/")
-                || s.contains("site-packages") || s.contains("/lib2to3/tests");
+            let test = s.contains("/test/") || s.contains("/tests/") || s.contains("/idle_test/") || s.contains("/lib2to3/tests");
+            let skip = (test && !python_tests) || s.contains("site-packages");
             if !skip && p.extension().is_some_and(|e| e == "py") {
                 files.push(SourceFile { source: "cpython-stdlib", path: p.to_path_buf() });
             }

@@ -7,3 +7,5 @@ pub mod build;
 pub mod corpus;
 pub mod dataset;
 pub mod train;
+pub mod standalone;
+pub mod standalone_train;

@@ -70,7 +70,7 @@ pub struct TrainState {
     pub held_out_acc1: Option<f64>,
 }
 
-const STATE_FILE: &str = "train_state.json";
+pub(super) const STATE_FILE: &str = "train_state.json";
 
 /// Trains (or continues training) and leaves the checkpoint in `out_dir`.
 pub fn train(opts: &TrainOptions) -> anyhow::Result<TrainState> {
@@ -87,9 +87,9 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<TrainState> {
     } else {
         new_config(opts, &train)?
     };
-    let mut varmap: VarMap = seeded_varmap(&config, opts.seed, &device)?;
+    let varmap: VarMap = seeded_varmap(&config, opts.seed, &device)?;
     if resume {
-        varmap.load(opts.out_dir.join(duet_drafter::WEIGHTS_FILE)).context("loading weights to resume")?;
+        load_weights(&varmap, &opts.out_dir.join(duet_drafter::WEIGHTS_FILE)).context("loading weights to resume")?;
     }
     let model = DiffusionModel::new(&config, vocab, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     let mut state: TrainState = std::fs::read(opts.out_dir.join(STATE_FILE))
@@ -233,13 +233,31 @@ fn sample(data: &Loaded, model: &DiffusionModel, opts: &TrainOptions, rng: &mut 
 /// Weighted cross-entropy over the masked positions.
 fn loss(model: &DiffusionModel, ex: &Example, mode: ForwardMode) -> anyhow::Result<Tensor> {
     let logits = model.forward_train(&ex.batch, mode)?; // (b, block + 1, vocab)
+    weighted_cross_entropy(&logits, &ex.targets, &ex.weights)
+}
+
+/// Loads a checkpoint's weights into training variables, converting their dtype: a checkpoint may
+/// store f16 (the accelerator recipe ships f16 weights) while training runs in f32.
+pub(super) fn load_weights(varmap: &VarMap, path: &Path) -> anyhow::Result<()> {
+    let tensors = duet_drafter::candle_core::safetensors::load(path, &Device::Cpu)?;
+    let vars = varmap.data().lock().map_err(|_| anyhow::anyhow!("the variable map's lock is poisoned"))?;
+    for (name, var) in vars.iter() {
+        let t = tensors.get(name).with_context(|| format!("{} has no tensor `{name}`", path.display()))?;
+        var.set(&t.to_dtype(var.dtype())?).with_context(|| format!("setting `{name}`"))?;
+    }
+    Ok(())
+}
+
+/// Cross-entropy of `logits` (b, n, vocab) against `targets` (b, n), weighted by `weights` (b, n)
+/// and normalised by the weights' sum.
+pub(super) fn weighted_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> anyhow::Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?;
     let shifted = logits.broadcast_sub(&max)?;
     let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     let log_p = shifted.broadcast_sub(&log_z)?;
-    let picked = log_p.gather(&ex.targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?.squeeze(D::Minus1)?;
-    let total = ex.weights.sum_all()?.to_scalar::<f32>()?.max(1e-6);
-    Ok((picked.mul(&ex.weights)?.sum_all()?.neg()? / f64::from(total))?)
+    let picked = log_p.gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?.squeeze(D::Minus1)?;
+    let total = weights.sum_all()?.to_scalar::<f32>()?.max(1e-6);
+    Ok((picked.mul(weights)?.sum_all()?.neg()? / f64::from(total))?)
 }
 
 fn evaluate_and_save(
@@ -276,7 +294,7 @@ fn evaluate_and_save(
     save(model, &opts.out_dir, state)
 }
 
-fn save(model: &DiffusionModel, dir: &Path, state: &TrainState) -> anyhow::Result<()> {
+pub(super) fn save(model: &DiffusionModel, dir: &Path, state: &TrainState) -> anyhow::Result<()> {
     // Write beside, then swap: an interrupted save never leaves a half checkpoint.
     let tmp = dir.with_extension("saving");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -288,19 +306,19 @@ fn save(model: &DiffusionModel, dir: &Path, state: &TrainState) -> anyhow::Resul
 }
 
 /// A small seeded generator (xorshift64*), enough for sampling examples.
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
     /// Seeds through splitmix64: xorshift never leaves the all-zero state, so seed 0 must not map
     /// to it.
-    fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         Self((z ^ (z >> 31)) | 1)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
