@@ -26,6 +26,8 @@ pub struct ScriptedBackend {
     script: Vec<TokenId>,
     ctx_size: usize,
     gate: Gate,
+    /// Verification fails once this many tokens are out (a verifier crash mid-stream).
+    fail_at: Option<usize>,
 }
 
 /// Holds every prefill until opened, so tests can keep sessions busy deterministically.
@@ -62,7 +64,14 @@ impl ScriptedBackend {
             script: script.bytes().map(TokenId::from).collect(),
             ctx_size,
             gate: Gate::new(true),
+            fail_at: None,
         }
+    }
+
+    /// Fails verification once `tokens` output tokens exist.
+    pub fn failing_at(mut self, tokens: usize) -> Self {
+        self.fail_at = Some(tokens);
+        self
     }
 
     /// Holds every generation at its prompt until the returned gate opens.
@@ -183,6 +192,9 @@ impl VerifierSession for ScriptedSession {
         }
         // Output position of the first draft token.
         let base = self.len + 1 - self.prompt_len;
+        if self.backend.fail_at.is_some_and(|n| base >= n) {
+            return Err(VerifierError::Backend { op: "decode", reason: "scripted failure".into() });
+        }
         let accepted = draft.iter().enumerate().take_while(|&(i, &t)| self.at(base + i).token == t).count();
         let choices: Vec<Choice> = (0..=accepted).map(|i| self.at(base + i)).collect();
         let next = choices[accepted];
