@@ -290,6 +290,34 @@ async fn a_busy_server_answers_429() {
 }
 
 #[tokio::test]
+async fn a_client_that_goes_away_cancels_its_generation() {
+    let (backend, gate) = ScriptedBackend::new(MODEL, &"z".repeat(5000), 10_000).gated();
+    let svc = service(backend.clone(), 1, 0);
+    let state = AppState::new(vec![], None, 4096);
+    state.set_service(svc.clone());
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "stream": true, "mode": "ar"});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    // The stream has started (headers sent); the client leaves before reading any token.
+    let response = router(state).oneshot(req).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    gate.open();
+    for _ in 0..1000 {
+        if svc.load().running == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(svc.load().running, 0, "the session is released");
+    assert_eq!(backend.verifications(), 0, "no token is decoded after the client left");
+}
+
+#[tokio::test]
 async fn an_error_mid_stream_is_an_error_event_and_the_end() {
     let app = app_with(ScriptedBackend::new(MODEL, SCRIPT, 256).failing_at(5), &[], 1, 1);
     let a = post(&app, "/v1/completions", json!({"prompt": "x", "max_tokens": 50, "stream": true, "mode": "ar"})).await;

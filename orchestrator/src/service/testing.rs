@@ -5,6 +5,7 @@
 //! its script and then an end-of-generation token. Verification is real greedy verification against
 //! the script, so hybrid mode with the n-gram drafter accepts and rejects drafts as usual.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use duet_verifier::{ChatMessage, Choice, TokenId, Verdict, VerifierError};
@@ -28,6 +29,8 @@ pub struct ScriptedBackend {
     gate: Gate,
     /// Verification fails once this many tokens are out (a verifier crash mid-stream).
     fail_at: Option<usize>,
+    /// Verification calls so far, over every clone.
+    verifications: Arc<AtomicUsize>,
 }
 
 /// Holds every prefill until opened, so tests can keep sessions busy deterministically.
@@ -65,6 +68,7 @@ impl ScriptedBackend {
             ctx_size,
             gate: Gate::new(true),
             fail_at: None,
+            verifications: Arc::default(),
         }
     }
 
@@ -79,6 +83,11 @@ impl ScriptedBackend {
         self.gate = Gate::new(false);
         let gate = self.gate.clone();
         (self, gate)
+    }
+
+    /// Verification calls (AR steps and blocks) made so far by every session.
+    pub fn verifications(&self) -> usize {
+        self.verifications.load(Ordering::SeqCst)
     }
 
     /// Tokenizes like [`Backend::tokenize`], without a service.
@@ -184,6 +193,7 @@ impl VerifierSession for ScriptedSession {
     }
 
     fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
+        self.backend.verifications.fetch_add(1, Ordering::SeqCst);
         if self.pending.is_none() {
             return Err(VerifierError::InvalidRequest("verify before prefill".into()));
         }
