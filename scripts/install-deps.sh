@@ -8,6 +8,9 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Python with venv for the OpenAI client test of `duet serve` (scripts/test-openai.sh).
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "[deps] system packages present" >&2
   exit 0

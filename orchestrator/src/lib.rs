@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod drafters;
 pub mod engine;
+pub mod http;
 pub mod service;
 pub mod text;
 pub mod training;

@@ -4,6 +4,7 @@ mod generate;
 mod models;
 mod eval;
 mod options;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub use generate::GenerateArgs;
+pub use serve::ServeArgs;
 pub use options::{ModelArgs, default_models_dir};
 
 /// Duet: speculative decoding with a diffusion drafter and a llama.cpp verifier.
@@ -30,6 +32,9 @@ enum Command {
     },
     /// Generate a completion for one prompt and print it (streamed) or, with --json, one JSON object.
     Generate(GenerateArgs),
+    /// Serve the models: an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+    /// /v1/models), /health and Prometheus /metrics.
+    Serve(ServeArgs),
     /// Build the drafter's training data with the verifier and train the diffusion drafter.
     TrainDrafter(train::TrainArgs),
     /// Measure the diffusion drafter against the real verifier: τ, acceptance by position, speed.
@@ -43,6 +48,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Models { command } => models::run(command),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::TrainDrafter(args) => train::run(args),
         Command::EvalDrafter(args) => eval::run(args),
     };

@@ -183,7 +183,7 @@ mod tests {
     fn a_positive_temperature_is_refused_naming_the_field() {
         let mut r = text();
         r.sampling.temperature = Some(0.7);
-        let e = r.validate().unwrap_err().to_string();
+        let e = r.validate().expect_err("refused").to_string();
         assert!(e.contains("`temperature` > 0 is not supported yet"), "{e}");
     }
 
@@ -191,25 +191,25 @@ mod tests {
     fn top_p_below_one_is_refused_naming_the_field() {
         let mut r = text();
         r.sampling.top_p = Some(0.9);
-        assert!(r.validate().unwrap_err().to_string().contains("`top_p` < 1"));
+        assert!(r.validate().expect_err("refused").to_string().contains("`top_p` < 1"));
     }
 
     #[test]
     fn out_of_range_limits_name_the_field_and_the_limit() {
         let mut r = text();
         r.max_tokens = Some(0);
-        assert!(r.validate().unwrap_err().to_string().contains("`max_tokens` must be between 1 and 65536"));
+        assert!(r.validate().expect_err("refused").to_string().contains("`max_tokens` must be between 1 and 65536"));
         let mut r = text();
         r.block_size = Some(999);
-        assert!(r.validate().unwrap_err().to_string().contains("`block_size` must be between 1 and 256"));
+        assert!(r.validate().expect_err("refused").to_string().contains("`block_size` must be between 1 and 256"));
         let mut r = text();
         r.stop = vec!["x".into(); 17];
-        assert!(r.validate().unwrap_err().to_string().contains("`stop` holds at most 16"));
+        assert!(r.validate().expect_err("refused").to_string().contains("`stop` holds at most 16"));
     }
 
     #[test]
     fn unknown_chat_roles_are_refused() {
         let r = GenerationRequest::new(Prompt::Chat(vec![ChatMessage { role: "tool".into(), content: "x".into() }]));
-        assert!(r.validate().unwrap_err().to_string().contains("`messages[0].role`"));
+        assert!(r.validate().expect_err("refused").to_string().contains("`messages[0].role`"));
     }
 }

@@ -5,6 +5,7 @@
 //! its script and then an end-of-generation token. Verification is real greedy verification against
 //! the script, so hybrid mode with the n-gram drafter accepts and rejects drafts as usual.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use duet_verifier::{ChatMessage, Choice, TokenId, Verdict, VerifierError};
@@ -26,6 +27,10 @@ pub struct ScriptedBackend {
     script: Vec<TokenId>,
     ctx_size: usize,
     gate: Gate,
+    /// Verification fails once this many tokens are out (a verifier crash mid-stream).
+    fail_at: Option<usize>,
+    /// Verification calls so far, over every clone.
+    verifications: Arc<AtomicUsize>,
 }
 
 /// Holds every prefill until opened, so tests can keep sessions busy deterministically.
@@ -62,7 +67,15 @@ impl ScriptedBackend {
             script: script.bytes().map(TokenId::from).collect(),
             ctx_size,
             gate: Gate::new(true),
+            fail_at: None,
+            verifications: Arc::default(),
         }
+    }
+
+    /// Fails verification once `tokens` output tokens exist.
+    pub fn failing_at(mut self, tokens: usize) -> Self {
+        self.fail_at = Some(tokens);
+        self
     }
 
     /// Holds every generation at its prompt until the returned gate opens.
@@ -70,6 +83,11 @@ impl ScriptedBackend {
         self.gate = Gate::new(false);
         let gate = self.gate.clone();
         (self, gate)
+    }
+
+    /// Verification calls (AR steps and blocks) made so far by every session.
+    pub fn verifications(&self) -> usize {
+        self.verifications.load(Ordering::SeqCst)
     }
 
     /// Tokenizes like [`Backend::tokenize`], without a service.
@@ -175,6 +193,7 @@ impl VerifierSession for ScriptedSession {
     }
 
     fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
+        self.backend.verifications.fetch_add(1, Ordering::SeqCst);
         if self.pending.is_none() {
             return Err(VerifierError::InvalidRequest("verify before prefill".into()));
         }
@@ -183,6 +202,9 @@ impl VerifierSession for ScriptedSession {
         }
         // Output position of the first draft token.
         let base = self.len + 1 - self.prompt_len;
+        if self.backend.fail_at.is_some_and(|n| base >= n) {
+            return Err(VerifierError::Backend { op: "decode", reason: "scripted failure".into() });
+        }
         let accepted = draft.iter().enumerate().take_while(|&(i, &t)| self.at(base + i).token == t).count();
         let choices: Vec<Choice> = (0..=accepted).map(|i| self.at(base + i)).collect();
         let next = choices[accepted];
