@@ -57,18 +57,22 @@ pub fn cache_key(model: &Path, threads: u32, prompt_len: usize) -> String {
 
 /// A cost curve covering drafts of up to `max_len` tokens for `prompt` on `verifier`: from the cache
 /// when it has one, else measured on a scratch session (the verifier needs a free session) and
-/// stored. Returns the curve and whether it was measured now.
+/// stored. Returns the curve and whether it was measured now. A curve measured while other work
+/// loaded the machine is wrong and stays cached: measure again on a quiet machine.
+/// With `remeasure`, the cache is not read (only updated).
 pub fn cost_curve(
     verifier: &Verifier,
     prompt: &[TokenId],
     max_len: usize,
     threads: u32,
     cache: Option<&Path>,
+    remeasure: bool,
 ) -> anyhow::Result<(CostCurve, bool)> {
     let key = cache_key(&verifier.info().path, threads, prompt.len());
     let mut entries = cache.map(read_cache).unwrap_or_default();
     if let Some(curve) = entries.get(&key)
         && curve.max_len() >= max_len
+        && !remeasure
     {
         return Ok((curve.clone(), false));
     }

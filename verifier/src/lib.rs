@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod greedy;
 mod handle;
+pub mod quantize;
 pub mod sampling;
 pub mod speculative;
 pub mod vocab;

@@ -98,33 +98,85 @@ fn mix(x: u64) -> u64 {
 /// The processed distribution of one logits row under `params` (temperature > 0), listed in
 /// decreasing probability (ties: lower id first) when `top_k` or `top_p` truncates it, in id order
 /// otherwise. Non-finite logits (masked tokens) get probability 0 and are left out.
+///
+/// Runs once per verified position over a 151,936-wide row, so it avoids sorting the vocabulary:
+/// top-k keeps a small sorted buffer in one pass and exponentiates only the k survivors.
 pub fn process(logits: &[f32], params: &SamplingParams) -> SparseDist {
     debug_assert!(params.temperature > 0.0);
-    let inv_t = 1.0 / f64::from(params.temperature);
-    let mut ids: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize].is_finite()).collect();
-    let by_logit_desc = |a: &u32, b: &u32| {
-        logits[*b as usize].partial_cmp(&logits[*a as usize]).unwrap_or(Ordering::Equal).then(a.cmp(b))
-    };
-    let truncating = params.top_k > 0 || params.top_p < 1.0;
-    if params.top_k > 0 && params.top_k < ids.len() {
-        ids.select_nth_unstable_by(params.top_k - 1, by_logit_desc);
-        ids.truncate(params.top_k);
+    let inv_t = 1.0 / params.temperature;
+    let top_p = f64::from(params.top_p);
+    if params.top_k > 0 {
+        let ids = top_ids(logits, params.top_k);
+        let Some(&best) = ids.first() else { return Vec::new() };
+        let max = logits[best as usize];
+        let weights: Vec<f64> = ids.iter().map(|&i| f64::from((logits[i as usize] - max) * inv_t).exp()).collect();
+        let z: f64 = weights.iter().sum();
+        let mut mass = 0.0;
+        let mut dist: Vec<(TokenId, f64)> = Vec::with_capacity(ids.len());
+        for (&i, &w) in ids.iter().zip(&weights) {
+            dist.push((i, w / z));
+            mass += w / z;
+            if mass >= top_p {
+                break;
+            }
+        }
+        return normalise(dist);
     }
-    let Some(max) = ids.iter().map(|&i| logits[i as usize]).reduce(f32::max) else {
+    let Some(max) = logits.iter().copied().filter(|l| l.is_finite()).reduce(f32::max) else {
         return Vec::new();
     };
-    let weights: Vec<f64> = ids.iter().map(|&i| (f64::from(logits[i as usize] - max) * inv_t).exp()).collect();
-    let z: f64 = weights.iter().sum();
-    let mut dist: Vec<(TokenId, f64)> = ids.iter().zip(&weights).map(|(&i, &w)| (i, w / z)).collect();
-    if truncating {
-        if params.top_p < 1.0 {
-            dist = nucleus(dist, f64::from(params.top_p));
-        } else {
-            dist.sort_unstable_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0)));
+    let mut z = 0.0f64;
+    let mut dist: Vec<(TokenId, f64)> = Vec::with_capacity(logits.len());
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_finite() {
+            let w = ((l - max) * inv_t).exp();
+            z += f64::from(w);
+            dist.push((i as TokenId, f64::from(w)));
         }
     }
+    for e in &mut dist {
+        e.1 /= z;
+    }
+    if top_p < 1.0 {
+        dist = nucleus(dist, top_p);
+    }
+    normalise(dist)
+}
+
+/// Renormalises after truncation and narrows to f32.
+fn normalise(dist: Vec<(TokenId, f64)>) -> SparseDist {
     let z: f64 = dist.iter().map(|e| e.1).sum();
     dist.into_iter().map(|(t, p)| (t, (p / z) as f32)).collect()
+}
+
+/// Ids of the `k` largest finite logits, largest first (ties: lower id first).
+fn top_ids(logits: &[f32], k: usize) -> Vec<TokenId> {
+    let better = |a: u32, b: u32| {
+        let (la, lb) = (logits[a as usize], logits[b as usize]);
+        la > lb || (la == lb && a < b)
+    };
+    if k > 256 {
+        // A large k: selecting is cheaper than keeping a long sorted buffer.
+        let mut ids: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize].is_finite()).collect();
+        let order = |a: &u32, b: &u32| if better(*a, *b) { Ordering::Less } else if better(*b, *a) { Ordering::Greater } else { Ordering::Equal };
+        if k < ids.len() {
+            ids.select_nth_unstable_by(k - 1, order);
+            ids.truncate(k);
+        }
+        ids.sort_unstable_by(order);
+        return ids;
+    }
+    let mut best: Vec<u32> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        // Scanning in id order, a later id never beats an equal logit already kept.
+        if !l.is_finite() || (best.len() == k && l <= logits[best[k - 1] as usize]) {
+            continue;
+        }
+        let at = best.partition_point(|&j| logits[j as usize] >= l);
+        best.insert(at, i as u32);
+        best.truncate(k);
+    }
+    best
 }
 
 /// The smallest prefix of `dist` sorted by decreasing probability whose mass reaches `top_p`
@@ -274,10 +326,10 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_field() {
-        assert!(params(-1.0, 0, 1.0).validate().unwrap_err().contains("`temperature`"));
-        assert!(params(f32::NAN, 0, 1.0).validate().unwrap_err().contains("`temperature`"));
-        assert!(params(1.0, 0, 0.0).validate().unwrap_err().contains("`top_p`"));
-        assert!(params(1.0, 0, 1.5).validate().unwrap_err().contains("`top_p`"));
+        assert!(params(-1.0, 0, 1.0).validate().expect_err("invalid").contains("`temperature`"));
+        assert!(params(f32::NAN, 0, 1.0).validate().expect_err("invalid").contains("`temperature`"));
+        assert!(params(1.0, 0, 0.0).validate().expect_err("invalid").contains("`top_p`"));
+        assert!(params(1.0, 0, 1.5).validate().expect_err("invalid").contains("`top_p`"));
         assert!(params(0.7, 40, 0.9).validate().is_ok());
     }
 

@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_output_is_distributed_as_p_for_any_q() {
-        let cases: Vec<(Vec<(TokenId, f32)>, Vec<(TokenId, f32)>)> = vec![
+        let cases: Vec<(SparseDist, SparseDist)> = vec![
             // Overlapping supports.
             (vec![(0, 0.1), (1, 0.4), (2, 0.2), (3, 0.3)], vec![(0, 0.4), (1, 0.1), (2, 0.2), (3, 0.3)]),
             // q puts mass where p has none (p = 0), and p where q has none (q = 0).

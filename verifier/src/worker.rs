@@ -41,6 +41,11 @@ pub(crate) enum Command {
 /// enough for a drafting model sampling from its top-k, small enough to send around.
 pub const REPORTED_SUPPORT_LIMIT: usize = 256;
 
+/// Initialises llama.cpp's backend (once per process) for work outside a verifier thread.
+pub(crate) fn init_backend() -> Result<(), VerifierError> {
+    backend().map(|_| ())
+}
+
 /// llama.cpp's backend may be initialised once per process; every verifier thread shares it.
 fn backend() -> Result<&'static LlamaBackend, VerifierError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
@@ -413,16 +418,20 @@ impl Worker<'_> {
         } else {
             // Speculative sampling over the rows of this decode (one chunk: row i is block token i).
             let ctx = &self.ctx;
-            let p = |i: usize| process(ctx.get_logits_ith(i as i32), sampling);
+            let report = (1..=REPORTED_SUPPORT_LIMIT).contains(&sampling.top_k);
+            // The last distribution judged is the one `next` came from.
+            let mut last_p = Vec::new();
+            let p = |i: usize| {
+                let d = process(ctx.get_logits_ith(i as i32), sampling);
+                if report {
+                    last_p.clone_from(&d);
+                }
+                d
+            };
             let outcome = speculate(draft, q, p, sampling.seed, len + 1);
             let kept: Vec<Choice> =
                 outcome.tokens.iter().zip(&choices).map(|(&(token, prob), c)| Choice { token, prob, margin: c.margin }).collect();
-            let next_dist = if (1..=REPORTED_SUPPORT_LIMIT).contains(&sampling.top_k) {
-                reportable(process(ctx.get_logits_ith(outcome.accepted as i32), sampling), sampling)
-            } else {
-                Vec::new()
-            };
-            (outcome.accepted, kept, next_dist)
+            (outcome.accepted, kept, last_p)
         };
         let keep = len + 1 + accepted;
         self.remove_from(seq, keep)?;

@@ -48,6 +48,10 @@ pub struct GenerateArgs {
     /// [default: $XDG_CACHE_HOME/duet/verify-costs.json or ~/.cache/duet/verify-costs.json].
     #[arg(long, env = "DUET_COST_CACHE")]
     pub cost_cache: Option<PathBuf>,
+    /// Measure the verify cost curve again even if the cache has it (and update the cache): after
+    /// a measurement taken while the machine was busy.
+    #[arg(long)]
+    pub measure_costs: bool,
     /// Sampling temperature, 0 to 100; 0 is greedy decoding (token-identical in every mode).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
@@ -178,7 +182,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let threads = args.models.threads.unwrap_or_else(duet_verifier::config::default_threads);
         let cache = args.cost_cache.clone().or_else(crate::costs::default_cache_path);
         let (curve, measured) =
-            crate::costs::cost_curve(&verifier, &prompt, args.block_size, threads, cache.as_deref())?;
+            crate::costs::cost_curve(&verifier, &prompt, args.block_size, threads, cache.as_deref(), args.measure_costs)?;
         if measured {
             eprintln!(
                 "duet: measured verify costs (step {:.1} ms): c(k) = {}",

@@ -19,7 +19,7 @@ mod verifier;
 
 pub use drafter::{Draft, DraftError, DraftRequest, Drafter, Features, PreviousBlock};
 pub use policy::{CostCurve, DraftPolicy};
-pub use round::{GenerateParams, Generation, Mode, StopReason, generate};
+pub use round::{GenerateParams, Generation, MAX_BLOCK_SIZE, Mode, StopReason, generate};
 pub use stats::Stats;
 pub use unverified::generate_unverified;
 pub use verifier::VerifierSession;

@@ -63,6 +63,11 @@ impl CostCurve {
             }
         }
         costs.push(points.last().map_or(step_s, |p| p.1) / step_s);
+        // A block never costs less than a shorter one: a dip is timing noise (on a busy machine,
+        // a slow plain step makes every block look cheap), so the curve is made non-decreasing.
+        for k in 1..costs.len() {
+            costs[k] = costs[k].max(costs[k - 1]);
+        }
         Ok(Self { step_s, costs })
     }
 
@@ -195,6 +200,8 @@ mod tests {
         assert!((c.cost(6) - 3.5).abs() < 1e-9);
         assert!((c.cost(10) - 5.3).abs() < 1e-9, "extrapolated along the last slope: {}", c.cost(10));
         assert!(CostCurve::from_times(&[1, 2], &[1.0, 2.0]).is_err());
+        let noisy = CostCurve::from_times(&[0, 1, 2], &[1.0, 0.8, 1.5]).expect("curve");
+        assert_eq!(noisy.costs, vec![1.0, 1.0, 1.5], "never cheaper than a shorter block");
         assert!(CostCurve::from_times(&[0, 2], &[1.0, f64::NAN]).is_err());
     }
 
