@@ -10,13 +10,13 @@
 //! The a_j come from the drafter's per-position confidences (1 when it reports none), scaled by a
 //! calibration learnt during the generation: the ratio of accepted drafts to the confidence the
 //! drafter put on the drafts the verifier judged, forgotten exponentially so that it follows the
-//! text. When the policy keeps choosing k = 0 it learns nothing, so every [`PROBE_EVERY`]-th such
-//! round sends one draft as a probe; and a drafter that is expensive to call is not called between
-//! probes once it has stopped paying.
+//! text. When the policy keeps choosing k = 0 it learns nothing, so after [`PROBE_EVERY`] rounds
+//! without a draft one round sends a single draft as a probe; and a drafter that is expensive to
+//! call is not called between probes once [`SKIP_AFTER`] rounds in a row gained nothing from it.
 
 use serde::{Deserialize, Serialize};
 
-/// Rounds without an accepted draft between probes that send a single draft anyway.
+/// Rounds without a sent draft after which a round sends a single draft anyway (a probe).
 pub const PROBE_EVERY: usize = 16;
 /// Consecutive rounds without an accepted draft after which an expensive drafter is only called
 /// on probe rounds.
@@ -124,13 +124,22 @@ pub(crate) struct LengthPicker {
     predicted: f64,
     /// Consecutive rounds in which no draft token was accepted (none sent, or all rejected).
     idle_rounds: usize,
+    /// Consecutive rounds that sent no draft.
+    since_sent: usize,
     /// Mean drafter time per call, in steps (exponentially averaged).
     drafter_cost: Option<f64>,
 }
 
 impl LengthPicker {
     pub(crate) fn new(curve: CostCurve) -> Self {
-        Self { curve, hits: PRIOR_RATE * PRIOR_WEIGHT, predicted: PRIOR_WEIGHT, idle_rounds: 0, drafter_cost: None }
+        Self {
+            curve,
+            hits: PRIOR_RATE * PRIOR_WEIGHT,
+            predicted: PRIOR_WEIGHT,
+            idle_rounds: 0,
+            since_sent: 0,
+            drafter_cost: None,
+        }
     }
 
     /// Whether to call the drafter this round: always, unless it is expensive and has not paid
@@ -141,7 +150,7 @@ impl LengthPicker {
     }
 
     fn is_probe_round(&self) -> bool {
-        self.idle_rounds > 0 && self.idle_rounds.is_multiple_of(PROBE_EVERY)
+        self.since_sent >= PROBE_EVERY
     }
 
     /// Conditional acceptance chances for a draft with these confidences (empty: unknown, 1 each).
@@ -169,11 +178,8 @@ impl LengthPicker {
     /// Learns from a round: `sent` drafts with these confidences, `accepted` of them accepted.
     /// Rounds that gained no draft token count towards the next probe.
     pub(crate) fn observe(&mut self, confidences: &[f32], sent: usize, accepted: usize) {
-        if accepted > 0 {
-            self.idle_rounds = 0;
-        } else {
-            self.idle_rounds += 1;
-        }
+        self.idle_rounds = if accepted > 0 { 0 } else { self.idle_rounds + 1 };
+        self.since_sent = if sent > 0 { 0 } else { self.since_sent + 1 };
         // Judged drafts: the accepted ones and the first rejected one.
         for i in 0..(accepted + 1).min(sent) {
             let c = f64::from(confidences.get(i).copied().unwrap_or(1.0));

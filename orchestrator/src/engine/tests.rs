@@ -266,12 +266,12 @@ fn a_session_that_cannot_sample_refuses_a_temperature() {
         sampling: duet_verifier::SamplingParams { temperature: 0.8, ..Default::default() },
         ..params(Mode::Ar, 5, 4)
     };
-    let e = generate(&mut FakeSession::new(100), None, &[1], &p, &|_| false, &mut |_| true).unwrap_err();
+    let e = generate(&mut FakeSession::new(100), None, &[1], &p, &|_| false, &mut |_| true).expect_err("refused");
     assert!(e.to_string().contains("cannot sample"), "{e}");
     let bad = GenerateParams {
         sampling: duet_verifier::SamplingParams { temperature: 0.8, top_p: 0.0, ..Default::default() },
         ..params(Mode::Ar, 5, 4)
     };
-    let e = generate(&mut FakeSession::new(100), None, &[1], &bad, &|_| false, &mut |_| true).unwrap_err();
+    let e = generate(&mut FakeSession::new(100), None, &[1], &bad, &|_| false, &mut |_| true).expect_err("refused");
     assert!(e.to_string().contains("`top_p`"), "{e}");
 }
