@@ -29,7 +29,7 @@ fn tiny(conditioned_on: Option<usize>) -> Arc<DiffusionModel> {
 fn generate(v: &Verifier, prompt: &[TokenId], drafter: Option<&mut DiffusionDrafter>, block: usize) -> Vec<TokenId> {
     let mut session = v.open_session().expect("session");
     let mode = if drafter.is_some() { Mode::Hybrid } else { Mode::Ar };
-    let params = GenerateParams { max_tokens: 48, mode, block_size: block };
+    let params = GenerateParams { max_tokens: 48, mode, block_size: block, ..GenerateParams::default() };
     let d = drafter.map(|d| d as &mut dyn engine::Drafter);
     engine::generate(&mut session, d, prompt, &params, &|t| v.info().is_eog(t), &mut |_| true)
         .expect("generation")

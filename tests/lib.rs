@@ -4,6 +4,8 @@
 //! These tests use the real Qwen2.5-Coder-0.5B model. They fail (not skip) when it is missing:
 //! `scripts/fetch-models.sh` (run by `.ci/run`) puts it in `models/`.
 
+pub mod chi_square;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -31,6 +33,11 @@ pub fn small_verifier() -> &'static Verifier {
         let mut cfg = VerifierConfig::new(small_model_path());
         cfg.ctx_size = 2048;
         cfg.max_sessions = 8;
+        // On a machine shared with other builds, llama.cpp's threads wait on each other whenever one
+        // is descheduled; `DUET_TEST_THREADS=1` keeps the tests' speed predictable there.
+        if let Some(t) = std::env::var("DUET_TEST_THREADS").ok().and_then(|t| t.parse().ok()) {
+            cfg.threads = t;
+        }
         Verifier::load(cfg).expect("loading the 0.5B verifier")
     })
 }

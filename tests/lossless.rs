@@ -16,7 +16,7 @@ fn run(p: &TestPrompt, mode: Mode, drafter: Option<&mut dyn Drafter>, block_size
     let v = small_verifier();
     let prompt = prompt_tokens(v, p);
     let mut session = v.open_session().expect("session");
-    let params = GenerateParams { max_tokens: MAX_TOKENS, mode, block_size };
+    let params = GenerateParams { max_tokens: MAX_TOKENS, mode, block_size, ..GenerateParams::default() };
     engine::generate(&mut session, drafter, &prompt, &params, &|t| v.info().is_eog(t), &mut |_| true)
         .unwrap_or_else(|e| panic!("{}: {e}", p.id))
 }
@@ -44,7 +44,7 @@ impl Drafter for CorruptedOracle {
             let at = (r / 2) % tokens.len();
             tokens[at] = (tokens[at] + 1 + (r as u32 % 5000)) % 150_000;
         }
-        Ok(Draft { probs: vec![1.0; tokens.len()], tokens })
+        Ok(Draft { probs: vec![1.0; tokens.len()], tokens, ..Draft::default() })
     }
 }
 

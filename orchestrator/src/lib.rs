@@ -7,6 +7,7 @@
 //! batch exactly as it computes it alone (see `duet_verifier::batch_invariance`).
 
 pub mod cli;
+pub mod costs;
 pub mod drafters;
 pub mod engine;
 pub mod http;

@@ -21,8 +21,15 @@ fn duet(args: &[&str]) -> Output {
         .args(args)
         .env_remove("DUET_VERIFIER_MODEL")
         .env_remove("DUET_DRAFTER_MODEL")
+        // Cost curves measured by tests (on whatever else the machine is doing) stay out of the
+        // user's cache.
+        .env("DUET_COST_CACHE", cost_cache())
         .output()
         .expect("running duet")
+}
+
+fn cost_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("duet-cli-test-verify-costs.json")
 }
 
 /// Runs `duet generate` with the small model and expects a failure whose message contains `needle`.
@@ -96,6 +103,9 @@ fn json_output_has_text_tokens_and_stats_and_hybrid_equals_ar() {
         let out = duet(&[
             "generate", "--verifier-model", model.to_str().expect("utf-8"), "--chat", "--prompt", prompt,
             "--max-tokens", "48", "--mode", mode, "--drafter", "ngram", "--json",
+            // A fixed block: the n-gram drafter must be seen to hit, whatever cost curve a busy
+            // machine measures.
+            "--draft-length", "fixed",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
@@ -125,9 +135,37 @@ fn streamed_text_equals_json_text() {
         }
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
-    let plain = Command::new(env!("CARGO_BIN_EXE_duet")).args(args(false)).output().expect("run");
-    let json = Command::new(env!("CARGO_BIN_EXE_duet")).args(args(true)).output().expect("run");
+    let run = |json| Command::new(env!("CARGO_BIN_EXE_duet")).args(args(json)).env("DUET_COST_CACHE", cost_cache()).output();
+    let plain = run(false).expect("run");
+    let json = run(true).expect("run");
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     let text = String::from_utf8_lossy(&plain.stdout);
     assert_eq!(text.strip_suffix('\n').expect("trailing newline"), v["text"].as_str().expect("text"));
+}
+
+#[test]
+fn bad_sampling_flags_are_refused_with_the_field_named() {
+    expect_error(&["--prompt", "hi", "--temperature=-1"], "`temperature` must be between 0 and 100");
+    expect_error(&["--prompt", "hi", "--temperature", "0.7", "--top-p", "0"], "`top_p` must be in (0, 1]");
+    expect_error(&["--prompt", "hi", "--top-k", "5"], "--top-k and --top-p only apply when sampling");
+}
+
+#[test]
+fn a_seeded_sampled_hybrid_generation_is_reproducible_and_reports_its_draft_lengths() {
+    let model = small_model();
+    let run = |seed: &str| -> serde_json::Value {
+        let out = duet(&[
+            "generate", "--verifier-model", model.to_str().expect("utf-8"), "--prompt", "def fib(n):",
+            "--max-tokens", "16", "--temperature", "0.9", "--top-p", "0.95", "--seed", seed, "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+    };
+    let a = run("11");
+    assert_eq!(a["token_ids"], run("11")["token_ids"]);
+    let stats = &a["stats"];
+    let rounds = stats["rounds"].as_u64().expect("rounds") as usize;
+    assert_eq!(stats["draft_lengths"].as_array().expect("draft_lengths").len(), rounds);
+    assert_eq!(stats["offered_lengths"].as_array().expect("offered_lengths").len(), rounds);
+    assert_eq!(stats["cost_curve"][0], 1.0, "the cost-aware policy is the default: {stats}");
 }

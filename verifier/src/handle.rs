@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 
 use crate::greedy::Choice;
+use crate::sampling::{SamplingParams, SparseDist};
 use crate::vocab::{ChatMessage, ModelInfo};
 use crate::worker::{self, Command};
 use crate::{TokenId, VerifierConfig, VerifierError};
@@ -43,6 +44,12 @@ pub struct Verdict {
     /// these are the tokens it evaluated (the whole prompt on a fresh session); for `verify`, the
     /// pending token and the accepted drafts.
     pub features: Vec<f32>,
+    /// When sampling with `top_k` between 1 and [`REPORTED_SUPPORT_LIMIT`]: the processed
+    /// distribution `next` was drawn from, so that a drafting model can report its q exactly.
+    /// Empty otherwise (greedy decoding, or a support too large to send around).
+    ///
+    /// [`REPORTED_SUPPORT_LIMIT`]: crate::REPORTED_SUPPORT_LIMIT
+    pub next_dist: SparseDist,
 }
 
 impl Verifier {
@@ -78,7 +85,7 @@ impl Verifier {
     /// Opens a session (one llama.cpp sequence with its own KV cache).
     pub fn open_session(&self) -> Result<Session, VerifierError> {
         let seq = self.call(|reply| Command::Open { reply })?;
-        Ok(Session { seq, len: 0, verifier: self.clone() })
+        Ok(Session { seq, len: 0, verifier: self.clone(), sampling: SamplingParams::default() })
     }
 
     fn call<T>(
@@ -98,6 +105,7 @@ pub struct Session {
     seq: i32,
     len: usize,
     verifier: Verifier,
+    sampling: SamplingParams,
 }
 
 impl Session {
@@ -105,8 +113,8 @@ impl Session {
     /// removing the rest) and returns the verifier's choice for the next position, which becomes the
     /// pending token. Used for the prompt and to re-synchronise a drafting model with the context.
     pub fn prefill(&mut self, tokens: &[TokenId]) -> Result<Verdict, VerifierError> {
-        let seq = self.seq;
-        let verdict = self.verifier.call(|reply| Command::Feed { seq, tokens: tokens.to_vec(), reply })?;
+        let (seq, sampling) = (self.seq, self.sampling);
+        let verdict = self.verifier.call(|reply| Command::Feed { seq, tokens: tokens.to_vec(), sampling, reply })?;
         self.len = tokens.len();
         Ok(verdict)
     }
@@ -118,12 +126,44 @@ impl Session {
     }
 
     /// Evaluates the pending token and `draft` in one decode call, accepts the longest matching
-    /// prefix, and removes the rejected positions from the KV cache.
+    /// prefix, and removes the rejected positions from the KV cache. When sampling, the draft
+    /// tokens are judged as deterministic (see [`Session::verify_with`]).
     pub fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
-        let seq = self.seq;
-        let verdict = self.verifier.call(|reply| Command::Verify { seq, draft: draft.to_vec(), reply })?;
+        self.verify_with(draft, &[])
+    }
+
+    /// [`Session::verify`] with the distribution each draft token was drawn from (`q[i]` for draft
+    /// token i; missing or empty entries mean deterministic). Greedy decoding ignores `q`; sampling
+    /// accepts by speculative rejection sampling ([`crate::speculative`]), which keeps the output
+    /// distributed exactly as sampling from the verifier alone.
+    pub fn verify_with(&mut self, draft: &[TokenId], q: &[SparseDist]) -> Result<Verdict, VerifierError> {
+        let (seq, sampling) = (self.seq, self.sampling);
+        let q = if sampling.is_greedy() { Vec::new() } else { q.to_vec() };
+        let verdict =
+            self.verifier.call(|reply| Command::Verify { seq, draft: draft.to_vec(), q, sampling, reply })?;
         self.len += 1 + verdict.accepted;
         Ok(verdict)
+    }
+
+    /// Sets how this session picks its tokens from the next call on (greedy by default). The seed
+    /// keys every draw by token position, so the same settings give the same tokens.
+    pub fn set_sampling(&mut self, sampling: SamplingParams) -> Result<(), VerifierError> {
+        sampling.validate().map_err(VerifierError::InvalidRequest)?;
+        self.sampling = sampling;
+        Ok(())
+    }
+
+    /// The session's sampling settings.
+    pub fn sampling(&self) -> &SamplingParams {
+        &self.sampling
+    }
+
+    /// Times the verification of blocks of each of `sizes` draft tokens on top of the current
+    /// context (after `prefill`), best of `repeats`, in seconds; the session is left unchanged.
+    /// Size 0 is a plain decoding step. Feeds the cost-aware draft length.
+    pub fn measure_verify_times(&mut self, sizes: &[usize], repeats: usize) -> Result<Vec<f64>, VerifierError> {
+        let seq = self.seq;
+        self.verifier.call(|reply| Command::Measure { seq, sizes: sizes.to_vec(), repeats, reply })
     }
 
     /// Teacher forcing: evaluates `tokens` (at most the batch size) from an empty cache and returns

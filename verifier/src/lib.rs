@@ -7,7 +7,10 @@
 //! token and the k draft tokens in ONE decode call with logits at every position, accepts the longest
 //! draft prefix that matches the verifier's greedy choices, returns the verifier's next token (the
 //! correction after a rejection, the bonus after a full accept) and removes the rejected positions from
-//! the KV cache ([`greedy::accept_prefix`] is the rule).
+//! the KV cache ([`greedy::accept_prefix`] is the rule). With sampling settings on the session
+//! ([`Session::set_sampling`]) the same round samples instead: every token is drawn from the
+//! verifier's processed distribution ([`sampling`]) and drafts are accepted by speculative rejection
+//! sampling ([`speculative`]), so hybrid output is distributed exactly as verifier-only sampling.
 //!
 //! Speculation is lossless only if evaluating a token inside a batch gives the same logits as evaluating
 //! it alone. The workspace builds llama.cpp without runtime weight repacking and the worker switches off
@@ -18,6 +21,9 @@ pub mod config;
 pub mod error;
 pub mod greedy;
 mod handle;
+pub mod quantize;
+pub mod sampling;
+pub mod speculative;
 pub mod vocab;
 mod worker;
 
@@ -25,6 +31,8 @@ pub use config::VerifierConfig;
 pub use error::VerifierError;
 pub use greedy::Choice;
 pub use handle::{Session, Verdict, Verifier};
+pub use sampling::{SamplingParams, SparseDist};
+pub use worker::REPORTED_SUPPORT_LIMIT;
 pub use vocab::{ChatMessage, ModelInfo};
 
 /// A token id in the verifier's vocabulary.

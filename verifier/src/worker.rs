@@ -18,6 +18,8 @@ use llama_cpp_2::token::LlamaToken;
 
 use crate::greedy::{Choice, accept_prefix, choose};
 use crate::handle::Verdict;
+use crate::sampling::{SamplingParams, SparseDist, process};
+use crate::speculative::{sample, speculate};
 use crate::vocab::{ChatMessage, ModelInfo};
 use crate::{TokenId, VerifierConfig, VerifierError, batch_invariance};
 
@@ -29,9 +31,19 @@ pub(crate) enum Command {
     ChatPrompt { messages: Vec<ChatMessage>, reply: Reply<String> },
     Open { reply: Reply<i32> },
     Close { seq: i32 },
-    Feed { seq: i32, tokens: Vec<TokenId>, reply: Reply<Verdict> },
+    Feed { seq: i32, tokens: Vec<TokenId>, sampling: SamplingParams, reply: Reply<Verdict> },
     Score { seq: i32, tokens: Vec<TokenId>, reply: Reply<(Vec<Choice>, Vec<f32>)> },
-    Verify { seq: i32, draft: Vec<TokenId>, reply: Reply<Verdict> },
+    Verify { seq: i32, draft: Vec<TokenId>, q: Vec<SparseDist>, sampling: SamplingParams, reply: Reply<Verdict> },
+    Measure { seq: i32, sizes: Vec<usize>, repeats: usize, reply: Reply<Vec<f64>> },
+}
+
+/// Largest support of a sampled token's distribution that a [`Verdict`] reports (`next_dist`):
+/// enough for a drafting model sampling from its top-k, small enough to send around.
+pub const REPORTED_SUPPORT_LIMIT: usize = 256;
+
+/// Initialises llama.cpp's backend (once per process) for work outside a verifier thread.
+pub(crate) fn init_backend() -> Result<(), VerifierError> {
+    backend().map(|_| ())
 }
 
 /// llama.cpp's backend may be initialised once per process; every verifier thread shares it.
@@ -191,14 +203,17 @@ impl Worker<'_> {
                 let _ = reply.send(self.open());
             }
             Command::Close { seq } => self.close(seq),
-            Command::Feed { seq, tokens, reply } => {
-                let _ = reply.send(self.feed(seq, &tokens));
+            Command::Feed { seq, tokens, sampling, reply } => {
+                let _ = reply.send(self.feed(seq, &tokens, &sampling));
             }
             Command::Score { seq, tokens, reply } => {
                 let _ = reply.send(self.score(seq, &tokens));
             }
-            Command::Verify { seq, draft, reply } => {
-                let _ = reply.send(self.verify(seq, &draft));
+            Command::Verify { seq, draft, q, sampling, reply } => {
+                let _ = reply.send(self.verify(seq, &draft, &q, &sampling));
+            }
+            Command::Measure { seq, sizes, repeats, reply } => {
+                let _ = reply.send(self.measure(seq, &sizes, repeats));
             }
         }
     }
@@ -303,7 +318,7 @@ impl Worker<'_> {
         Ok((choices, features))
     }
 
-    fn feed(&mut self, seq: i32, tokens: &[TokenId]) -> Result<Verdict, VerifierError> {
+    fn feed(&mut self, seq: i32, tokens: &[TokenId], sampling: &SamplingParams) -> Result<Verdict, VerifierError> {
         if tokens.is_empty() {
             return Err(VerifierError::InvalidRequest("`tokens` must not be empty".into()));
         }
@@ -317,7 +332,7 @@ impl Worker<'_> {
         let st = self.state(seq)?;
         st.tokens.truncate(keep);
         st.pending = None;
-        let (choice, features) = match self.decode(seq, keep, &tokens[keep..], 1) {
+        let (mut choice, features) = match self.decode(seq, keep, &tokens[keep..], 1) {
             Ok((c, f)) => (c[0], f),
             Err(e) => {
                 // Leave the session consistent: nothing past `keep` is trusted.
@@ -325,10 +340,18 @@ impl Worker<'_> {
                 return Err(e);
             }
         };
+        let mut next_dist = Vec::new();
+        if !sampling.is_greedy() {
+            // The last evaluated token is the last row of the last chunk.
+            let row = (tokens.len() - keep - 1) % self.config.batch_size as usize;
+            let p = process(self.ctx.get_logits_ith(row as i32), sampling);
+            choice = sampled_choice(&p, sample(&p, sampling.seed, tokens.len()), choice.margin);
+            next_dist = reportable(p, sampling);
+        }
         let st = self.state(seq)?;
         st.tokens = tokens.to_vec();
         st.pending = Some(choice.token);
-        Ok(Verdict { accepted: 0, next: choice, choices: vec![choice], features })
+        Ok(Verdict { accepted: 0, next: choice, choices: vec![choice], features, next_dist })
     }
 
     /// Evaluates `tokens` from an empty cache with the greedy choice at every position (teacher
@@ -360,7 +383,13 @@ impl Worker<'_> {
         Ok((st.tokens.len(), pending))
     }
 
-    fn verify(&mut self, seq: i32, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
+    fn verify(
+        &mut self,
+        seq: i32,
+        draft: &[TokenId],
+        q: &[SparseDist],
+        sampling: &SamplingParams,
+    ) -> Result<Verdict, VerifierError> {
         let (len, pending) = self.pending(seq)?;
         if draft.len() + 1 > self.config.batch_size as usize {
             return Err(VerifierError::InvalidRequest(format!(
@@ -381,17 +410,79 @@ impl Worker<'_> {
                 return Err(e);
             }
         };
-        let accepted = accept_prefix(draft, &choices);
+        let (accepted, kept, next_dist) = if sampling.is_greedy() {
+            let accepted = accept_prefix(draft, &choices);
+            let mut kept = choices;
+            kept.truncate(accepted + 1);
+            (accepted, kept, Vec::new())
+        } else {
+            // Speculative sampling over the rows of this decode (one chunk: row i is block token i).
+            let ctx = &self.ctx;
+            let report = (1..=REPORTED_SUPPORT_LIMIT).contains(&sampling.top_k);
+            // The last distribution judged is the one `next` came from.
+            let mut last_p = Vec::new();
+            let p = |i: usize| {
+                let d = process(ctx.get_logits_ith(i as i32), sampling);
+                if report {
+                    last_p.clone_from(&d);
+                }
+                d
+            };
+            let outcome = speculate(draft, q, p, sampling.seed, len + 1);
+            let kept: Vec<Choice> =
+                outcome.tokens.iter().zip(&choices).map(|(&(token, prob), c)| Choice { token, prob, margin: c.margin }).collect();
+            (outcome.accepted, kept, last_p)
+        };
         let keep = len + 1 + accepted;
         self.remove_from(seq, keep)?;
-        let next = choices[accepted];
+        let next = kept[accepted];
         let st = self.state(seq)?;
         st.tokens.extend_from_slice(&block[..1 + accepted]);
         st.pending = Some(next.token);
-        let mut kept = choices;
-        kept.truncate(accepted + 1);
         let n_embd = self.model.n_embd().max(0) as usize;
         features.truncate((accepted + 1) * n_embd);
-        Ok(Verdict { accepted, next, choices: kept, features })
+        Ok(Verdict { accepted, next, choices: kept, features, next_dist })
     }
+
+    /// Times verification of blocks of `sizes` draft tokens on top of the session's current context
+    /// (best of `repeats`, seconds) and leaves the session as it was. The drafts are copies of the
+    /// pending token: the cost of a decode does not depend on which tokens it evaluates.
+    fn measure(&mut self, seq: i32, sizes: &[usize], repeats: usize) -> Result<Vec<f64>, VerifierError> {
+        let (len, pending) = self.pending(seq)?;
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        if largest + 1 > self.config.batch_size as usize {
+            return Err(VerifierError::InvalidRequest(format!(
+                "a measured block may hold at most {} tokens, got {largest}",
+                self.config.batch_size - 1
+            )));
+        }
+        self.check_room("the measured block", len + 1 + largest)?;
+        let mut best = vec![f64::INFINITY; sizes.len()];
+        // One untimed decode first: the first call after a pause pays for waking threads and caches.
+        let warm_up = self.decode(seq, len, &[pending], 1);
+        self.remove_from(seq, len)?;
+        warm_up?;
+        for _ in 0..repeats.max(1) {
+            for (j, &k) in sizes.iter().enumerate() {
+                let block = vec![pending; k + 1];
+                let t = Instant::now();
+                let result = self.decode(seq, len, &block, block.len());
+                let elapsed = t.elapsed().as_secs_f64();
+                self.remove_from(seq, len)?;
+                result?;
+                best[j] = best[j].min(elapsed);
+            }
+        }
+        Ok(best)
+    }
+}
+
+/// The choice record of a sampled token: its probability under p, the greedy margin of the row.
+fn sampled_choice(p: &[(TokenId, f32)], token: TokenId, margin: f32) -> Choice {
+    Choice { token, prob: crate::sampling::prob_of(p, token), margin }
+}
+
+/// `p` when it is small enough to report (top-k sampling within [`REPORTED_SUPPORT_LIMIT`]).
+fn reportable(p: SparseDist, sampling: &SamplingParams) -> SparseDist {
+    if (1..=REPORTED_SUPPORT_LIMIT).contains(&sampling.top_k) { p } else { Vec::new() }
 }

@@ -83,7 +83,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             let prompt = p.tokens(&verifier)?;
             let mut session = verifier.open_session()?;
             let mut drafter = DiffusionDrafter::new(model.clone(), sampler.clone(), args.diffusion.draft_hints)?;
-            let params = GenerateParams { max_tokens: args.max_tokens, mode: Mode::Hybrid, block_size: block };
+            let params =
+                GenerateParams { max_tokens: args.max_tokens, mode: Mode::Hybrid, block_size: block, ..GenerateParams::default() };
             let g = engine::generate(&mut session, Some(&mut drafter), &prompt, &params, &is_eog, &mut |_| true)
                 .with_context(|| format!("prompt {}", p.id))?;
             let s = g.stats;

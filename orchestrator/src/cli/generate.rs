@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use duet_verifier::{ChatMessage, TokenId};
+use duet_verifier::{ChatMessage, SamplingParams, TokenId};
 use serde::Serialize;
 
 use super::options::{DiffusionArgs, ModelArgs};
 use crate::drafters::{ArModelDrafter, DiffusionDrafter, DrafterKind, NgramDrafter};
-use crate::engine::{self, Drafter, GenerateParams, Mode, Stats, StopReason};
+use crate::engine::{self, DraftPolicy, Drafter, GenerateParams, Mode, Stats, StopReason};
 use crate::text::Utf8Stream;
 
 /// Flags of `duet generate`.
@@ -35,9 +35,36 @@ pub struct GenerateArgs {
     /// Most tokens to generate (1 to 65536).
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
-    /// Most draft tokens verified per round (1 to 256).
+    /// Most draft tokens verified per round (1 to 256); the cost-aware policy sends fewer when
+    /// that pays better.
     #[arg(long, default_value_t = 8)]
     pub block_size: usize,
+    /// How many drafts a hybrid round sends: `cost-aware` picks the length with the most expected
+    /// tokens per unit of time from the verifier's measured cost curve and the drafter's confidence
+    /// (none when a plain step pays better); `fixed` sends everything the drafter proposes.
+    #[arg(long, value_enum, default_value_t = DraftLength::CostAware)]
+    pub draft_length: DraftLength,
+    /// Where the measured verify cost curves are cached
+    /// [default: $XDG_CACHE_HOME/duet/verify-costs.json or ~/.cache/duet/verify-costs.json].
+    #[arg(long, env = "DUET_COST_CACHE")]
+    pub cost_cache: Option<PathBuf>,
+    /// Measure the verify cost curve again even if the cache has it (and update the cache): after
+    /// a measurement taken while the machine was busy.
+    #[arg(long)]
+    pub measure_costs: bool,
+    /// Sampling temperature, 0 to 100; 0 is greedy decoding (token-identical in every mode).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample only among the k most likely tokens (0: all); needs --temperature above 0.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample only from the smallest set of tokens holding this much probability, in (0, 1];
+    /// needs --temperature above 0.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the sampling draws: the same seed and flags give the same output.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Print one JSON object (text, token ids, stats) instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -45,6 +72,29 @@ pub struct GenerateArgs {
     pub models: ModelArgs,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,
+}
+
+/// How a hybrid round picks its draft length (`--draft-length`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DraftLength {
+    /// From the measured verify cost curve and the drafter's confidence.
+    CostAware,
+    /// Everything the drafter proposes, up to --block-size.
+    Fixed,
+}
+
+/// The sampling settings of the flags, checked; the error names the flag and its limit.
+fn sampling(args: &GenerateArgs) -> anyhow::Result<SamplingParams> {
+    let s = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    s.validate().map_err(|e| anyhow::anyhow!("{e} (--temperature / --top-p)"))?;
+    if s.is_greedy() && (s.top_k != 0 || s.top_p != 1.0) {
+        bail!("--top-k and --top-p only apply when sampling: give --temperature above 0 (it is 0, greedy)");
+    }
+    if !s.is_greedy() && args.mode == Mode::Diffusion {
+        bail!("--temperature applies to the verifier, which diffusion-only mode does not run; use --draft-temperature");
+    }
+    Ok(s)
 }
 
 /// What `--json` prints.
@@ -70,8 +120,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if prompt_text.trim().is_empty() {
         bail!("the prompt is empty (--prompt / --prompt-file must contain text)");
     }
-    let params = GenerateParams { max_tokens: args.max_tokens, mode: args.mode, block_size: args.block_size };
+    let sampling = sampling(&args)?;
+    let mut params = GenerateParams {
+        max_tokens: args.max_tokens,
+        mode: args.mode,
+        block_size: args.block_size,
+        sampling,
+        draft_policy: DraftPolicy::Fixed,
+    };
     params.validate().map_err(|e| anyhow::anyhow!("{e} (--max-tokens / --block-size)"))?;
+    let cost_aware = args.mode == Mode::Hybrid && args.draft_length == DraftLength::CostAware;
 
     let uses_diffusion = args.mode == Mode::Diffusion || (args.mode == Mode::Hybrid && args.drafter == DrafterKind::Diffusion);
     let diffusion_model = if uses_diffusion { Some(args.diffusion.load_model()?) } else { None };
@@ -86,7 +144,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
 
     // Diffusion-only mode still uses the verifier's tokenizer and chat template, never its decoder.
-    let verifier = args.models.load_verifier(1, conditioned)?;
+    // A cost-aware run may need a second session to measure the cost curve on.
+    let verifier = args.models.load_verifier(if cost_aware { 2 } else { 1 }, conditioned)?;
     let info = verifier.info();
     eprintln!("duet: verifier {} ({}) loaded in {:.1}s", info.description, info.path.display(), info.load_s);
     if let Some(m) = &diffusion_model {
@@ -104,7 +163,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (Mode::Hybrid, DrafterKind::ArModel, _) => {
             let model = args.models.load_drafter_model(1)?;
             eprintln!("duet: drafting model {} loaded in {:.1}s", model.info().description, model.info().load_s);
-            Some(Box::new(ArModelDrafter::new(&model, info, 0.0).context("pairing the drafting model with the verifier")?))
+            let drafter = ArModelDrafter::new(&model, info, 0.0).context("pairing the drafting model with the verifier")?;
+            Some(Box::new(drafter.with_sampling(&sampling)))
         }
         (_, _, None) => bail!("the diffusion drafter did not load"),
     };
@@ -118,6 +178,20 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     tracing::debug!(prompt = %prompt_text, "prompt text");
     let prompt = verifier.tokenize(&prompt_text, true).context("tokenizing the prompt")?;
+    if cost_aware && prompt.len() + args.block_size < info.ctx_size {
+        let threads = args.models.threads.unwrap_or_else(duet_verifier::config::default_threads);
+        let cache = args.cost_cache.clone().or_else(crate::costs::default_cache_path);
+        let (curve, measured) =
+            crate::costs::cost_curve(&verifier, &prompt, args.block_size, threads, cache.as_deref(), args.measure_costs)?;
+        if measured {
+            eprintln!(
+                "duet: measured verify costs (step {:.1} ms): c(k) = {}",
+                curve.step_s * 1e3,
+                curve.costs.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" ")
+            );
+        }
+        params.draft_policy = DraftPolicy::CostAware(curve);
+    }
     let mut session = verifier.open_session().context("opening a verifier session")?;
 
     let mut text = Utf8Stream::default();
@@ -167,9 +241,26 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         writeln!(stdout, "{}", text.finish())?;
         let s = &generation.stats;
         eprintln!(
-            "duet: {} tokens in {:.2}s ({:.1} tok/s), {} rounds, mean accepted length {:.2}, stop: {:?}",
-            s.generated_tokens, s.wall_s, s.tokens_per_s, s.rounds, s.mean_accepted_length, generation.stop
+            "duet: {} tokens in {:.2}s ({:.1} tok/s), {} rounds, mean accepted length {:.2}, {}, stop: {:?}",
+            s.generated_tokens,
+            s.wall_s,
+            s.tokens_per_s,
+            s.rounds,
+            s.mean_accepted_length,
+            draft_summary(s),
+            generation.stop
         );
     }
     Ok(())
+}
+
+/// Drafts sent and offered per round, for the stats line.
+fn draft_summary(s: &Stats) -> String {
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
+    let ar_steps = s.draft_lengths.iter().filter(|&&k| k == 0).count();
+    format!(
+        "drafts per round {:.2} sent / {:.2} offered, {ar_steps} plain steps",
+        mean(&s.draft_lengths),
+        mean(&s.offered_lengths)
+    )
 }

@@ -1,5 +1,6 @@
 //! The `duet` command line. Subcommand names and flags are a contract that scripts and tests rely on.
 
+mod costs;
 mod generate;
 mod models;
 mod eval;

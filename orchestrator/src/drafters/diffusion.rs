@@ -123,6 +123,8 @@ impl Drafter for DiffusionDrafter {
             return Ok(Draft::default());
         }
         let block = self.draft_block(req)?;
-        Ok(Draft { tokens: block.tokens, probs: block.probs })
+        // No `dists`: when the verifier samples, the drafts are judged as point masses, which is
+        // exact however they were drawn (the sampler's q would be exact only for one-pass drafts).
+        Ok(Draft { tokens: block.tokens, probs: block.probs, dists: Vec::new(), confidences: block.confidences })
     }
 }

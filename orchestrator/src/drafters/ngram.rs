@@ -56,7 +56,7 @@ impl Drafter for NgramDrafter {
         let tokens = lookup(req.context, self.min_ngram, self.max_ngram, req.max_len).to_vec();
         // Deterministic: each token is drafted with probability one.
         let probs = vec![1.0; tokens.len()];
-        Ok(Draft { tokens, probs })
+        Ok(Draft { tokens, probs, ..Draft::default() })
     }
 }
 

@@ -1,6 +1,6 @@
 //! The drafter side of the engine: what a drafter is given and what it returns.
 
-use duet_verifier::TokenId;
+use duet_verifier::{SparseDist, TokenId};
 
 /// What the engine asks of a drafter each round.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +70,24 @@ pub struct Draft {
     pub tokens: Vec<TokenId>,
     /// The probability with which each token was drafted (1.0 for a deterministic drafter).
     pub probs: Vec<f32>,
+    /// For sampling: the whole distribution q each token was drawn from, given the tokens before
+    /// it, as (token, probability) pairs. Missing or empty entries mean "deterministic" (the point
+    /// mass on the token), which is exact for any drafter; a sampling drafter that reports its q
+    /// (e.g. its top-k, renormalised, which it sampled from) gets more of its drafts accepted.
+    pub dists: Vec<SparseDist>,
+    /// The drafter's estimate, per position, that the verifier accepts the token given that it
+    /// accepted the ones before (for the cost-aware draft length); empty when it has none.
+    pub confidences: Vec<f32>,
+}
+
+impl Draft {
+    /// Keeps the first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        self.probs.truncate(len);
+        self.dists.truncate(len);
+        self.confidences.truncate(len);
+    }
 }
 
 /// A drafter failure. The engine logs it and falls back to a plain AR step: the output stays right.

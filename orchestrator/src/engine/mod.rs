@@ -6,14 +6,19 @@
 //! The rejected tail of the block goes back to the drafter in the next round ([`PreviousBlock`]). With
 //! no draft (the drafter found nothing, failed, or there is no room) the round is a plain AR step, so
 //! every emitted token is the verifier's own greedy choice: the output equals verifier-only decoding.
+//! When sampling, the verifier accepts drafts by speculative rejection sampling instead, and the
+//! output is distributed exactly as verifier-only sampling. How many of the drafter's tokens a round
+//! sends is fixed or chosen from the verifier's cost curve and the drafter's confidence ([`policy`]).
 
 mod drafter;
+pub mod policy;
 mod round;
 mod stats;
 mod unverified;
 mod verifier;
 
 pub use drafter::{Draft, DraftError, DraftRequest, Drafter, Features, PreviousBlock};
+pub use policy::{CostCurve, DraftPolicy};
 pub use round::{GenerateParams, Generation, MAX_BLOCK_SIZE, MAX_TOKENS_LIMIT, Mode, StopReason, generate};
 pub use stats::Stats;
 pub use unverified::generate_unverified;

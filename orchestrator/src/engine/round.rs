@@ -2,9 +2,10 @@
 
 use std::time::Instant;
 
-use duet_verifier::{Choice, TokenId};
+use duet_verifier::{Choice, SamplingParams, TokenId};
 use serde::Serialize;
 
+use super::policy::{DraftPolicy, LengthPicker};
 use super::{Draft, DraftRequest, Drafter, EngineError, Features, PreviousBlock, Stats, VerifierSession};
 
 /// Largest `max_tokens` a request may ask for.
@@ -37,7 +38,7 @@ pub enum StopReason {
 }
 
 /// Per-generation settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GenerateParams {
     /// Most tokens to generate.
     pub max_tokens: usize,
@@ -45,6 +46,23 @@ pub struct GenerateParams {
     pub mode: Mode,
     /// Most draft tokens per round in hybrid mode.
     pub block_size: usize,
+    /// How tokens are picked: greedy (the default) or sampled with a seed.
+    pub sampling: SamplingParams,
+    /// How many of the drafter's tokens each round sends: all (the default) or a cost-aware choice.
+    pub draft_policy: DraftPolicy,
+}
+
+impl Default for GenerateParams {
+    /// 256 greedy hybrid tokens, blocks of up to 8, fixed length.
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            mode: Mode::Hybrid,
+            block_size: 8,
+            sampling: SamplingParams::default(),
+            draft_policy: DraftPolicy::Fixed,
+        }
+    }
 }
 
 impl GenerateParams {
@@ -62,6 +80,7 @@ impl GenerateParams {
                 self.block_size
             )));
         }
+        self.sampling.validate().map_err(EngineError::Invalid)?;
         Ok(())
     }
 }
@@ -71,7 +90,9 @@ impl GenerateParams {
 pub struct Generation {
     /// The generated tokens (no end-of-generation token).
     pub tokens: Vec<TokenId>,
-    /// The verifier's greedy choice behind each token, with its tie margin.
+    /// The verifier's choice behind each token: its probability under the distribution it was picked
+    /// from (the softmax when greedy, the processed distribution when sampling) and the greedy tie
+    /// margin of the row.
     pub choices: Vec<Choice>,
     /// Why it stopped.
     pub stop: StopReason,
@@ -108,6 +129,14 @@ pub fn generate(
     let mut stats = Stats { prompt_tokens: prompt.len(), ..Stats::default() };
     let mut out = Emitter { tokens: Vec::new(), choices: Vec::new(), stop: None, max_tokens: params.max_tokens };
 
+    session.set_sampling(&params.sampling)?;
+    let mut picker = match &params.draft_policy {
+        DraftPolicy::CostAware(curve) if params.mode == Mode::Hybrid => {
+            stats.cost_curve = curve.costs.clone();
+            Some(LengthPicker::new(curve.clone()))
+        }
+        _ => None,
+    };
     let first = session.prefill(prompt)?;
     stats.verifier_s += started.elapsed().as_secs_f64();
     stats.ttft_s = stats.verifier_s;
@@ -139,27 +168,40 @@ pub fn generate(
         let remaining = params.max_tokens - out.tokens.len();
         let max_len = params.block_size.min(remaining - 1).min(room - 1);
 
-        let draft = match (&mut drafter, params.mode) {
-            (Some(d), Mode::Hybrid) if max_len > 0 => {
+        let wants_draft = picker.as_ref().is_none_or(LengthPicker::wants_draft);
+        let mut draft = match (&mut drafter, params.mode) {
+            (Some(d), Mode::Hybrid) if max_len > 0 && wants_draft => {
                 let t = Instant::now();
                 let features = (feature_dim > 0).then_some(Features { data: &features, dim: feature_dim });
                 let req = DraftRequest { context: &context, previous: previous.as_ref(), max_len, features };
                 let res = d.propose(&req);
-                stats.drafter_s += t.elapsed().as_secs_f64();
-                match res {
-                    Ok(mut draft) => {
-                        draft.tokens.truncate(max_len);
-                        draft
-                    }
+                let drafter_s = t.elapsed().as_secs_f64();
+                stats.drafter_s += drafter_s;
+                let mut draft = match res {
+                    Ok(draft) => draft,
                     Err(e) => {
                         tracing::warn!(error = %e, "drafter failed; taking an AR step");
                         stats.drafter_failures += 1;
                         Draft::default()
                     }
+                };
+                draft.truncate(max_len);
+                stats.offered_lengths.push(draft.tokens.len());
+                if let Some(p) = picker.as_mut() {
+                    let k = p.choose(&draft.confidences, draft.tokens.len(), drafter_s);
+                    draft.truncate(k);
                 }
+                draft
             }
-            _ => Draft::default(),
+            _ => {
+                stats.offered_lengths.push(0);
+                Draft::default()
+            }
         };
+        // A draft that reports no distribution anywhere is deterministic: plain `verify` says so.
+        if draft.dists.iter().all(Vec::is_empty) {
+            draft.dists.clear();
+        }
 
         let t = Instant::now();
         stats.rounds += 1;
@@ -170,8 +212,18 @@ pub fn generate(
             pending = verdict.choices;
             stats.accepted_lengths.push(0);
             previous = None;
+            if let Some(p) = picker.as_mut() {
+                p.observe(&[], 0, 0);
+            }
         } else {
-            let verdict = session.verify(&draft.tokens)?;
+            let verdict = if draft.dists.is_empty() {
+                session.verify(&draft.tokens)?
+            } else {
+                session.verify_with(&draft.tokens, &draft.dists)?
+            };
+            if let Some(p) = picker.as_mut() {
+                p.observe(&draft.confidences, draft.tokens.len(), verdict.accepted);
+            }
             features.extend_from_slice(&verdict.features);
             stats.drafted += draft.tokens.len();
             stats.accepted += verdict.accepted;

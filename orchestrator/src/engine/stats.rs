@@ -29,6 +29,11 @@ pub struct Stats {
     pub verifier_s: f64,
     /// Draft lengths the engine chose, one per round (0 for an AR step).
     pub draft_lengths: Vec<usize>,
+    /// Draft lengths the drafter offered, one per round (0 when it found nothing or was not asked);
+    /// the cost-aware policy sends a prefix of each.
+    pub offered_lengths: Vec<usize>,
+    /// The verifier's cost curve c(k) the cost-aware policy used (empty with a fixed block).
+    pub cost_curve: Vec<f64>,
     /// Draft tokens accepted, one per round.
     pub accepted_lengths: Vec<usize>,
     /// Drafter failures that fell back to an AR step.

@@ -42,7 +42,7 @@ impl VerifierSession for FakeSession {
         let c = self.choice(&self.ctx);
         self.pending = Some(c.token);
         let features = if self.features { prompt.iter().map(|&t| t as f32).collect() } else { vec![] };
-        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features })
+        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features, next_dist: vec![] })
     }
     fn step(&mut self) -> Result<Verdict, VerifierError> {
         self.verify(&[])
@@ -66,7 +66,7 @@ impl VerifierSession for FakeSession {
         choices.truncate(accepted + 1);
         let next = choices[accepted];
         self.pending = Some(next.token);
-        Ok(Verdict { accepted, next, choices, features })
+        Ok(Verdict { accepted, next, choices, features, next_dist: vec![] })
     }
     fn room(&self) -> usize {
         self.limit - self.ctx.len()
@@ -88,7 +88,7 @@ impl Drafter for NoisyDrafter {
             tokens.push(t);
             ctx.push(t);
         }
-        Ok(Draft { probs: vec![1.0; tokens.len()], tokens })
+        Ok(Draft { probs: vec![1.0; tokens.len()], tokens, ..Draft::default() })
     }
 }
 
@@ -103,7 +103,7 @@ impl Drafter for FailingDrafter {
 }
 
 fn params(mode: Mode, max_tokens: usize, block_size: usize) -> GenerateParams {
-    GenerateParams { max_tokens, mode, block_size }
+    GenerateParams { max_tokens, mode, block_size, ..GenerateParams::default() }
 }
 
 fn run(session: &mut FakeSession, drafter: Option<&mut dyn Drafter>, p: GenerateParams) -> Generation {
@@ -217,4 +217,61 @@ fn drafter_features_cover_every_verified_context_token() {
     let g = run(&mut s, Some(&mut d), params(Mode::Hybrid, 80, 6));
     assert!(d.1 > 10);
     assert_eq!(g.tokens.len(), 80);
+}
+
+fn cost_aware(mode: Mode, max_tokens: usize, block_size: usize) -> GenerateParams {
+    // The 1.5B's curve on this CPU (FACTS.md): a block of 8 costs 4.4 plain steps.
+    let curve = CostCurve::from_times(&[0, 2, 4, 8], &[0.03, 0.048, 0.078, 0.132]).expect("curve");
+    GenerateParams { draft_policy: DraftPolicy::CostAware(curve), ..params(mode, max_tokens, block_size) }
+}
+
+#[test]
+fn cost_aware_hybrid_stays_greedy_exact_and_records_its_lengths() {
+    let ar = run(&mut FakeSession::new(1000), None, params(Mode::Ar, 200, 8));
+    let g = run(&mut FakeSession::new(1000), Some(&mut NoisyDrafter(4)), cost_aware(Mode::Hybrid, 200, 8));
+    assert_eq!(g.tokens, ar.tokens);
+    let s = &g.stats;
+    assert_eq!(s.offered_lengths.len(), s.rounds);
+    assert!(s.draft_lengths.iter().zip(&s.offered_lengths).all(|(sent, offered)| sent <= offered));
+    assert!(s.draft_lengths.iter().any(|&k| k > 0 && k < 8), "shorter blocks than offered: {:?}", s.draft_lengths);
+    assert!((s.cost_curve[8] - 4.4).abs() < 1e-9);
+}
+
+/// Proposes a full block of tokens the verifier never picks.
+struct WrongDrafter;
+impl Drafter for WrongDrafter {
+    fn name(&self) -> &str {
+        "wrong"
+    }
+    fn propose(&mut self, req: &DraftRequest<'_>) -> Result<Draft, DraftError> {
+        let tokens = vec![11; req.max_len];
+        Ok(Draft { probs: vec![1.0; tokens.len()], tokens, ..Draft::default() })
+    }
+}
+
+#[test]
+fn a_drafter_that_never_hits_is_replaced_by_plain_steps() {
+    let g = run(&mut FakeSession::new(1000), Some(&mut WrongDrafter), cost_aware(Mode::Hybrid, 200, 8));
+    let drafted_rounds = g.stats.draft_lengths.iter().filter(|&&k| k > 0).count();
+    assert!(drafted_rounds <= 8 + g.stats.rounds / policy::PROBE_EVERY, "{:?}", g.stats.draft_lengths);
+    assert_eq!(g.tokens, run(&mut FakeSession::new(1000), None, params(Mode::Ar, 200, 8)).tokens);
+    // With a fixed block every round pays for the whole block.
+    let fixed = run(&mut FakeSession::new(1000), Some(&mut WrongDrafter), params(Mode::Hybrid, 200, 8));
+    assert!(fixed.stats.drafted > 4 * g.stats.drafted, "fixed {} vs cost-aware {}", fixed.stats.drafted, g.stats.drafted);
+}
+
+#[test]
+fn a_session_that_cannot_sample_refuses_a_temperature() {
+    let p = GenerateParams {
+        sampling: duet_verifier::SamplingParams { temperature: 0.8, ..Default::default() },
+        ..params(Mode::Ar, 5, 4)
+    };
+    let e = generate(&mut FakeSession::new(100), None, &[1], &p, &|_| false, &mut |_| true).expect_err("refused");
+    assert!(e.to_string().contains("cannot sample"), "{e}");
+    let bad = GenerateParams {
+        sampling: duet_verifier::SamplingParams { temperature: 0.8, top_p: 0.0, ..Default::default() },
+        ..params(Mode::Ar, 5, 4)
+    };
+    let e = generate(&mut FakeSession::new(100), None, &[1], &bad, &|_| false, &mut |_| true).expect_err("refused");
+    assert!(e.to_string().contains("`top_p`"), "{e}");
 }

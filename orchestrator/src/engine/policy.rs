@@ -1,0 +1,294 @@
+//! Cost-aware draft length: how many of the drafter's tokens to send to the verifier each round.
+//!
+//! On a CPU, verifying k drafts costs c(k) single decoding steps with c(k) well above 1 (FACTS.md:
+//! about 4.4 for k = 8 on the 1.5B). A round that sends k drafts gains in expectation
+//! E(k) = 1 + Σ_{i=1..k} Π_{j≤i} a_j tokens, where a_j is the chance that draft j is accepted once
+//! the drafts before it were, and costs c(k) steps plus the drafter's own time d (in steps). The
+//! policy sends the k that maximises E(k) / (c(k) + d), and none (k = 0, a plain step at cost 1)
+//! when no length beats plain decoding.
+//!
+//! The a_j come from the drafter's per-position confidences (1 when it reports none), scaled by a
+//! calibration learnt during the generation: the ratio of accepted drafts to the confidence the
+//! drafter put on the drafts the verifier judged, forgotten exponentially so that it follows the
+//! text. When the policy keeps choosing k = 0 it learns nothing, so after [`PROBE_EVERY`] rounds
+//! without a draft one round sends a single draft as a probe; and a drafter that is expensive to
+//! call is not called between probes once [`SKIP_AFTER`] rounds in a row gained nothing from it.
+
+use serde::{Deserialize, Serialize};
+
+/// Rounds without a sent draft after which a round sends a single draft anyway (a probe).
+pub const PROBE_EVERY: usize = 16;
+/// Consecutive rounds without an accepted draft after which an expensive drafter is only called
+/// on probe rounds.
+pub const SKIP_AFTER: usize = 4;
+/// A drafter whose calls cost at least this share of a decoding step counts as expensive.
+pub const EXPENSIVE_DRAFTER: f64 = 0.02;
+/// Acceptance assumed before any draft was judged, and its weight in judged drafts.
+const PRIOR_RATE: f64 = 0.7;
+const PRIOR_WEIGHT: f64 = 2.0;
+/// Per judged draft, how much of the calibration's past is kept.
+const MEMORY: f64 = 0.95;
+/// No draft is ever assumed certain: the expected gain of long blocks stays finite.
+const MAX_RATE: f64 = 0.98;
+
+/// The verifier's cost curve: c(k) = time(verify k drafts) / time(one plain step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostCurve {
+    /// Seconds of one plain step (k = 0) when the curve was measured.
+    pub step_s: f64,
+    /// c(k) for k = 0, 1, …; `costs[0]` is 1.
+    pub costs: Vec<f64>,
+}
+
+impl CostCurve {
+    /// A curve from measured verification times of blocks of `sizes` drafts (`sizes` must include
+    /// 0); sizes in between are interpolated linearly.
+    pub fn from_times(sizes: &[usize], times: &[f64]) -> Result<Self, String> {
+        let mut points: Vec<(usize, f64)> = sizes.iter().copied().zip(times.iter().copied()).collect();
+        points.sort_by_key(|p| p.0);
+        points.dedup_by_key(|p| p.0);
+        let step_s = match points.first() {
+            Some(&(0, t)) if t.is_finite() && t > 0.0 => t,
+            _ => return Err("the measured sizes must include 0 with a positive time".into()),
+        };
+        if points.iter().any(|p| !(p.1.is_finite() && p.1 > 0.0)) {
+            return Err(format!("measured times must be positive, got {times:?}"));
+        }
+        let last = points.last().map_or(0, |p| p.0);
+        let mut costs = Vec::with_capacity(last + 1);
+        for w in points.windows(2) {
+            let ((k0, t0), (k1, t1)) = (w[0], w[1]);
+            for k in k0..k1 {
+                costs.push((t0 + (t1 - t0) * (k - k0) as f64 / (k1 - k0) as f64) / step_s);
+            }
+        }
+        costs.push(points.last().map_or(step_s, |p| p.1) / step_s);
+        // A block never costs less than a shorter one: a dip is timing noise (on a busy machine,
+        // a slow plain step makes every block look cheap), so the curve is made non-decreasing.
+        for k in 1..costs.len() {
+            costs[k] = costs[k].max(costs[k - 1]);
+        }
+        Ok(Self { step_s, costs })
+    }
+
+    /// c(k); past the measured range, extended along the last measured slope.
+    pub fn cost(&self, k: usize) -> f64 {
+        let n = self.costs.len();
+        match self.costs.get(k) {
+            Some(&c) => c,
+            None if n >= 2 => self.costs[n - 1] + (self.costs[n - 1] - self.costs[n - 2]).max(0.0) * (k + 1 - n) as f64,
+            None => self.costs.last().copied().unwrap_or(1.0) * (k + 1) as f64,
+        }
+    }
+
+    /// Largest draft length measured.
+    pub fn max_len(&self) -> usize {
+        self.costs.len().saturating_sub(1)
+    }
+}
+
+/// How the engine picks the draft length each round.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum DraftPolicy {
+    /// Send everything the drafter proposes (up to the block size).
+    #[default]
+    Fixed,
+    /// Send the length that maximises expected tokens per unit of time under this cost curve.
+    CostAware(CostCurve),
+}
+
+/// The length maximising E(k) / (c(k) + d) for the conditional acceptance chances `rates` (one per
+/// draft position, k ≤ `rates.len()`) and a drafter cost `drafter_cost` in steps; 0 when nothing
+/// beats a plain step. Ties go to the shorter block.
+pub fn best_length(rates: &[f64], curve: &CostCurve, drafter_cost: f64) -> usize {
+    let (mut best_k, mut best_score) = (0, 1.0 / curve.cost(0));
+    let (mut expected, mut run) = (1.0, 1.0);
+    for (i, &a) in rates.iter().enumerate() {
+        run *= a;
+        expected += run;
+        let k = i + 1;
+        let score = expected / (curve.cost(k) + drafter_cost);
+        if score > best_score * (1.0 + 1e-9) {
+            (best_k, best_score) = (k, score);
+        }
+    }
+    best_k
+}
+
+/// The per-generation state of the cost-aware policy.
+#[derive(Debug, Clone)]
+pub(crate) struct LengthPicker {
+    curve: CostCurve,
+    /// Accepted drafts and the confidence the drafter put on the judged drafts, both decayed.
+    hits: f64,
+    predicted: f64,
+    /// Consecutive rounds in which no draft token was accepted (none sent, or all rejected).
+    idle_rounds: usize,
+    /// Consecutive rounds that sent no draft.
+    since_sent: usize,
+    /// Mean drafter time per call, in steps (exponentially averaged).
+    drafter_cost: Option<f64>,
+}
+
+impl LengthPicker {
+    pub(crate) fn new(curve: CostCurve) -> Self {
+        Self {
+            curve,
+            hits: PRIOR_RATE * PRIOR_WEIGHT,
+            predicted: PRIOR_WEIGHT,
+            idle_rounds: 0,
+            since_sent: 0,
+            drafter_cost: None,
+        }
+    }
+
+    /// Whether to call the drafter this round: always, unless it is expensive and has not paid
+    /// for a while (then only on probe rounds).
+    pub(crate) fn wants_draft(&self) -> bool {
+        let expensive = self.drafter_cost.is_some_and(|d| d >= EXPENSIVE_DRAFTER);
+        !(expensive && self.idle_rounds >= SKIP_AFTER && !self.is_probe_round())
+    }
+
+    fn is_probe_round(&self) -> bool {
+        self.since_sent >= PROBE_EVERY
+    }
+
+    /// Conditional acceptance chances for a draft with these confidences (empty: unknown, 1 each).
+    pub(crate) fn rates(&self, confidences: &[f32], len: usize) -> Vec<f64> {
+        let scale = self.hits / self.predicted.max(1e-9);
+        (0..len)
+            .map(|i| (f64::from(confidences.get(i).copied().unwrap_or(1.0)) * scale).clamp(0.0, MAX_RATE))
+            .collect()
+    }
+
+    /// The number of drafts to send out of `offered`, given the drafter took `drafter_s` seconds.
+    pub(crate) fn choose(&mut self, confidences: &[f32], offered: usize, drafter_s: f64) -> usize {
+        let d = drafter_s / self.curve.step_s;
+        self.drafter_cost = Some(match self.drafter_cost {
+            Some(avg) => 0.8 * avg + 0.2 * d,
+            None => d,
+        });
+        if offered == 0 {
+            return 0;
+        }
+        let k = best_length(&self.rates(confidences, offered), &self.curve, d);
+        if k == 0 && self.is_probe_round() { 1 } else { k }
+    }
+
+    /// Learns from a round: `sent` drafts with these confidences, `accepted` of them accepted.
+    /// Rounds that gained no draft token count towards the next probe.
+    pub(crate) fn observe(&mut self, confidences: &[f32], sent: usize, accepted: usize) {
+        self.idle_rounds = if accepted > 0 { 0 } else { self.idle_rounds + 1 };
+        self.since_sent = if sent > 0 { 0 } else { self.since_sent + 1 };
+        // Judged drafts: the accepted ones and the first rejected one.
+        for i in 0..(accepted + 1).min(sent) {
+            let c = f64::from(confidences.get(i).copied().unwrap_or(1.0));
+            self.hits = MEMORY * self.hits + f64::from(u8::from(i < accepted));
+            self.predicted = MEMORY * self.predicted + c;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 1.5B's curve from FACTS.md (k = 0, 2, 4, 8).
+    fn facts_curve() -> CostCurve {
+        CostCurve::from_times(&[0, 2, 4, 8], &[1.0, 1.6, 2.6, 4.4]).expect("curve")
+    }
+
+    #[test]
+    fn a_curve_interpolates_between_measured_sizes() {
+        let c = facts_curve();
+        assert_eq!(c.max_len(), 8);
+        assert!((c.cost(1) - 1.3).abs() < 1e-9);
+        assert!((c.cost(6) - 3.5).abs() < 1e-9);
+        assert!((c.cost(10) - 5.3).abs() < 1e-9, "extrapolated along the last slope: {}", c.cost(10));
+        assert!(CostCurve::from_times(&[1, 2], &[1.0, 2.0]).is_err());
+        let noisy = CostCurve::from_times(&[0, 1, 2], &[1.0, 0.8, 1.5]).expect("curve");
+        assert_eq!(noisy.costs, vec![1.0, 1.0, 1.5], "never cheaper than a shorter block");
+        assert!(CostCurve::from_times(&[0, 2], &[1.0, f64::NAN]).is_err());
+    }
+
+    #[test]
+    fn a_confident_drafter_gets_a_block_and_a_doubtful_one_none() {
+        let c = facts_curve();
+        assert!(best_length(&[0.95; 8], &c, 0.0) >= 2);
+        assert_eq!(best_length(&[0.2; 8], &c, 0.0), 0);
+        assert_eq!(best_length(&[], &c, 0.0), 0);
+    }
+
+    #[test]
+    fn a_costly_drafter_needs_more_confidence() {
+        let c = facts_curve();
+        assert!(best_length(&[0.6; 8], &c, 0.0) > 0);
+        assert_eq!(best_length(&[0.6; 8], &c, 1.0), 0);
+    }
+
+    #[test]
+    fn the_best_length_follows_the_confidences() {
+        // Sure of two tokens, then hopeless: more would only cost.
+        let c = facts_curve();
+        assert_eq!(best_length(&[0.98, 0.98, 0.01, 0.01], &c, 0.0), 2);
+    }
+
+    #[test]
+    fn a_free_verifier_takes_everything_worth_anything() {
+        let flat = CostCurve { step_s: 0.01, costs: vec![1.0; 9] };
+        assert_eq!(best_length(&[0.5; 8], &flat, 0.0), 8);
+    }
+
+    #[test]
+    fn calibration_learns_that_drafts_fail_and_probes_later() {
+        let mut p = LengthPicker::new(facts_curve());
+        assert!(p.choose(&[], 8, 0.0) > 0, "the prior tries drafting");
+        for _ in 0..30 {
+            let k = p.choose(&[], 8, 0.0);
+            p.observe(&[], k, 0);
+        }
+        assert_eq!(p.choose(&[], 8, 0.0), 0, "a drafter that never hits is not used");
+        let mut sent = Vec::new();
+        for _ in 0..(3 * PROBE_EVERY) {
+            let k = p.choose(&[], 8, 0.0);
+            sent.push(k);
+            p.observe(&[], k, 0);
+        }
+        let probes = sent.iter().filter(|&&k| k == 1).count();
+        assert!((2..=3).contains(&probes), "one probe per {PROBE_EVERY} idle rounds: {sent:?}");
+    }
+
+    #[test]
+    fn calibration_learns_that_drafts_succeed() {
+        let mut p = LengthPicker::new(facts_curve());
+        for _ in 0..30 {
+            let k = p.choose(&[], 8, 0.0);
+            p.observe(&[], k, k);
+        }
+        assert!(p.choose(&[], 8, 0.0) >= 4, "{}", p.choose(&[], 8, 0.0));
+    }
+
+    #[test]
+    fn an_expensive_drafter_that_does_not_pay_is_skipped_between_probes() {
+        let mut p = LengthPicker::new(facts_curve());
+        let step = p.curve.step_s;
+        let mut called = 0;
+        for _ in 0..(2 * PROBE_EVERY + SKIP_AFTER) {
+            if p.wants_draft() {
+                called += 1;
+                let k = p.choose(&[0.01; 8], 8, 0.5 * step);
+                p.observe(&[0.01; 8], k, 0);
+            } else {
+                p.observe(&[], 0, 0);
+            }
+        }
+        assert!(called <= SKIP_AFTER + 3, "called {called} times");
+        // A cheap drafter is always asked.
+        let mut cheap = LengthPicker::new(facts_curve());
+        for _ in 0..40 {
+            assert!(cheap.wants_draft());
+            let k = cheap.choose(&[0.01; 8], 8, 0.0);
+            cheap.observe(&[0.01; 8], k, 0);
+        }
+    }
+}
