@@ -62,7 +62,7 @@ fn reference(prompt: &str, max_tokens: usize) -> String {
     let info = verifier.info();
     let tokens = verifier.tokenize(prompt, true).expect("tokenize");
     let mut session = verifier.open_session().expect("session");
-    let params = GenerateParams { max_tokens, mode: Mode::Ar, block_size: 1 };
+    let params = GenerateParams { max_tokens, mode: Mode::Ar, block_size: 1, ..GenerateParams::default() };
     let g = engine::generate(&mut session, None, &tokens, &params, &|t| info.is_eog(t), &mut |_| true).expect("generate");
     String::from_utf8_lossy(&info.detokenize(&g.tokens)).into_owned()
 }

@@ -185,7 +185,7 @@ impl VerifierSession for ScriptedSession {
         self.prompt_len = prompt.len();
         let c = self.at(0);
         self.pending = Some(c.token);
-        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features: vec![] })
+        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features: vec![], next_dist: vec![] })
     }
 
     fn step(&mut self) -> Result<Verdict, VerifierError> {
@@ -210,7 +210,7 @@ impl VerifierSession for ScriptedSession {
         let next = choices[accepted];
         self.len += 1 + accepted;
         self.pending = Some(next.token);
-        Ok(Verdict { accepted, next, choices, features: vec![] })
+        Ok(Verdict { accepted, next, choices, features: vec![], next_dist: vec![] })
     }
 
     fn room(&self) -> usize {

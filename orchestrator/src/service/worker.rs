@@ -179,7 +179,7 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
         )));
     }
     let max_tokens = job.request.max_tokens.unwrap_or(ctx - prompt.len()).min(MAX_TOKENS_LIMIT);
-    let params = GenerateParams { max_tokens, mode: job.mode, block_size: job.block_size };
+    let params = GenerateParams { max_tokens, mode: job.mode, block_size: job.block_size, ..GenerateParams::default() };
     let drafter_kind = if job.mode == Mode::Diffusion { DrafterKind::Diffusion } else { job.drafter };
     let mut drafter: Option<Box<dyn Drafter>> = match job.mode {
         Mode::Ar => None,

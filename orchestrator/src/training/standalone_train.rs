@@ -233,7 +233,7 @@ mod tests {
         std::fs::create_dir_all(dir).expect("dir");
         let n = 50u32;
         let stream = |len: usize, start: u16| -> Vec<u8> {
-            (0..len).flat_map(|i| ((start as usize + 3 * i) % n as usize) as u16).flat_map(|t| t.to_le_bytes()).collect()
+            (0..len).map(|i| ((start as usize + 3 * i) % n as usize) as u16).flat_map(|t| t.to_le_bytes()).collect()
         };
         std::fs::write(dir.join("train.u16"), stream(20_000, 1)).expect("train");
         std::fs::write(dir.join("held_out.u16"), stream(2_000, 7)).expect("held out");
