@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub use generate::GenerateArgs;
-pub use options::{ModelArgs, default_models_dir};
+pub use options::{DiffusionArgs, ModelArgs, default_models_dir};
 
 /// Duet: speculative decoding with a diffusion drafter and a llama.cpp verifier.
 #[derive(Debug, Parser)]
@@ -34,6 +34,10 @@ enum Command {
     TrainDrafter(train::TrainArgs),
     /// Measure the diffusion drafter against the real verifier: τ, acceptance by position, speed.
     EvalDrafter(eval::EvalArgs),
+    /// Compare every decoding strategy (ar, hybrid with each drafter, diffusion) on the same
+    /// verifier and prompts: speed, acceptance, latency; fails if a greedy hybrid output differs
+    /// from ar's.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the command line, runs it, and turns any error into one line on stderr and exit code 1.
@@ -45,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::TrainDrafter(args) => train::run(args),
         Command::EvalDrafter(args) => eval::run(args),
+        Command::Bench(args) => crate::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
