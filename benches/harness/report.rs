@@ -236,7 +236,11 @@ pub fn markdown(r: &Report) -> String {
 
 /// A UTC timestamp (`2026-11-28 07:30:00 UTC`) from the system clock.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    utc_from_unix(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Formats seconds since the Unix epoch as a UTC timestamp.
+pub fn utc_from_unix(secs: u64) -> String {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -249,4 +253,16 @@ pub fn utc_now() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_times_become_utc_dates() {
+        assert_eq!(utc_from_unix(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_from_unix(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc_from_unix(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
 }

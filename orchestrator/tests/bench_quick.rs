@@ -57,7 +57,7 @@ fn quick_bench_runs_every_mode_and_writes_json_table_and_plots() {
     let model = small_model();
     let args = [
         "bench", "--quick", "--suite", suite.to_str().expect("utf-8"), "--suite", chat.to_str().expect("utf-8"),
-        "--limit", "2", "--max-tokens", "24", "--concurrency", "1,2", "--cost-ks", "1,4",
+        "--limit", "2", "--max-tokens", "16", "--block-size", "4", "--concurrency", "1,2", "--cost-ks", "1,4",
         "--verifier-model", model.to_str().expect("utf-8"), "--drafter-model", model.to_str().expect("utf-8"),
         "--drafter-checkpoint", drafter.to_str().expect("utf-8"), "--ctx-size", "1024", "--out", out.to_str().expect("utf-8"),
     ];
@@ -74,7 +74,7 @@ fn quick_bench_runs_every_mode_and_writes_json_table_and_plots() {
     let modes = ["ar", "hybrid-diffusion", "hybrid-ngram", "hybrid-ar-model", "diffusion"];
     let samples = json["samples"].as_array().expect("samples");
     assert_eq!(samples.len(), 2 * 2 * modes.len() * 2, "2 suites × 2 prompts × 5 modes × 2 levels");
-    assert!(samples.iter().all(|s| s["generated_tokens"].as_u64().is_some_and(|n| n <= 24)));
+    assert!(samples.iter().all(|s| s["generated_tokens"].as_u64().is_some_and(|n| n <= 16)));
 
     let summaries = json["summaries"].as_array().expect("summaries");
     assert_eq!(summaries.len(), 2 * modes.len() * 2);
