@@ -78,7 +78,8 @@ pub struct Summary {
     /// Share of end-to-end time spent in the verifier, prompt included (in process only; with
     /// concurrency above 1 it includes waiting for the verifier thread).
     pub verifier_share: Option<f64>,
-    /// Generations whose output equals `ar`'s on the same prompt, transport and concurrency.
+    /// Generations whose output equals `ar`'s on the same prompt, transport and concurrency (for
+    /// `ar` itself: `ar`'s at concurrency 1).
     pub identical_to_ar: usize,
     /// Generations compared with `ar`.
     pub compared_with_ar: usize,
@@ -140,7 +141,9 @@ pub fn summarize(samples: &[Sample], group_walls: &HashMap<CellKey, f64>) -> Vec
                 if ar.tokens_per_s > 0.0 && s.tokens_per_s > 0.0 {
                     speedups.push(s.tokens_per_s / ar.tokens_per_s);
                 }
-                sims.extend(compare_outputs(&ar.output, &s.output));
+                // `ar` beside other sessions is compared with `ar` alone, as the lossless check does.
+                let reference = if s.mode == BenchMode::Ar { refs.get(&(s.suite.as_str(), s.prompt.as_str(), s.transport, 1)) } else { Some(ar) };
+                sims.extend(reference.and_then(|r| compare_outputs(&r.output, &s.output)));
             }
 
             let stats: Vec<_> = cell.iter().filter_map(|s| s.stats.as_ref()).collect();
