@@ -6,6 +6,9 @@
 //! every emitted token is the verifier's own greedy choice and the verifier computes a token inside a
 //! batch exactly as it computes it alone (see `duet_verifier::batch_invariance`).
 
+// The latency-comparison harness (`duet bench`) keeps its sources with the other benchmark code.
+#[path = "../../benches/harness/mod.rs"]
+pub mod bench;
 pub mod cli;
 pub mod costs;
 pub mod drafters;

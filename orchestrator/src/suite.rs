@@ -35,14 +35,19 @@ pub struct SuitePrompt {
 impl SuitePrompt {
     /// The prompt's tokens as the verifier sees them.
     pub fn tokens(&self, verifier: &Verifier) -> anyhow::Result<Vec<TokenId>> {
-        let text = match (&self.prompt, &self.messages) {
+        Ok(verifier.tokenize(&self.text(verifier)?, true)?)
+    }
+
+    /// The full prompt text: `prompt` as is, or `messages` through the verifier's chat template
+    /// (ending with an open assistant turn).
+    pub fn text(&self, verifier: &Verifier) -> anyhow::Result<String> {
+        Ok(match (&self.prompt, &self.messages) {
             (Some(p), None) => p.clone(),
             (None, Some(m)) => verifier.chat_prompt(
                 &m.iter().map(|m| ChatMessage { role: m.role.clone(), content: m.content.clone() }).collect::<Vec<_>>(),
             )?,
             _ => bail!("prompt {}: give exactly one of `prompt` and `messages`", self.id),
-        };
-        Ok(verifier.tokenize(&text, true)?)
+        })
     }
 }
 

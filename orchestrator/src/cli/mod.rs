@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 pub use generate::GenerateArgs;
 pub use serve::ServeArgs;
-pub use options::{ModelArgs, default_models_dir};
+pub use options::{DiffusionArgs, ModelArgs, default_models_dir};
 
 /// Duet: speculative decoding with a diffusion drafter and a llama.cpp verifier.
 #[derive(Debug, Parser)]
@@ -40,6 +40,10 @@ enum Command {
     TrainDrafter(train::TrainArgs),
     /// Measure the diffusion drafter against the real verifier: τ, acceptance by position, speed.
     EvalDrafter(eval::EvalArgs),
+    /// Compare every decoding strategy (ar, hybrid with each drafter, diffusion) on the same
+    /// verifier and prompts: speed, acceptance, latency; fails if a greedy hybrid output differs
+    /// from ar's.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the command line, runs it, and turns any error into one line on stderr and exit code 1.
@@ -52,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::TrainDrafter(args) => train::run(args),
         Command::EvalDrafter(args) => eval::run(args),
+        Command::Bench(args) => crate::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,268 @@
+//! What a run writes: `results.json` (configuration, machine, summaries, cost curve, mismatches,
+//! every sample) and the markdown table printed on stdout.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::compare::Mismatch;
+use super::cost::CostPoint;
+use super::metrics::Summary;
+use super::modes::BenchMode;
+use super::sample::Sample;
+
+/// The machine a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPU model (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// Logical cores.
+    pub cores: usize,
+    /// Memory, GiB.
+    pub memory_gib: f64,
+    /// Operating system.
+    pub os: String,
+    /// 1-minute load average when the run started and ended: above the core count, other work
+    /// shared the CPU and the timings are noise.
+    pub load_average: [Option<f64>; 2],
+}
+
+impl Machine {
+    /// Reads what Linux tells about the machine (fields stay empty elsewhere).
+    pub fn detect() -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let field = |text: &str, key: &str| {
+            text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once([':', '='])).map(|(_, v)| v.trim().trim_matches('"').to_string())
+        };
+        let cpuinfo = read("/proc/cpuinfo");
+        let meminfo = read("/proc/meminfo");
+        let kib: f64 = field(&meminfo, "MemTotal")
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0.0);
+        Self {
+            cpu: field(&cpuinfo, "model name").unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_gib: (kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+            os: field(&read("/etc/os-release"), "PRETTY_NAME").unwrap_or_else(|| std::env::consts::OS.to_string()),
+            load_average: [load_average(), None],
+        }
+    }
+
+    /// Records the load average at the end of the run.
+    pub fn finish(&mut self) {
+        self.load_average[1] = load_average();
+    }
+
+    /// Whether the load average exceeded the core count at either end of the run.
+    pub fn was_busy(&self) -> bool {
+        self.load_average.iter().flatten().any(|&l| l > self.cores as f64)
+    }
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// A suite as the run used it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteInfo {
+    /// Name (file stem).
+    pub name: String,
+    /// File.
+    pub path: String,
+    /// Prompts measured.
+    pub prompts: usize,
+}
+
+/// A mode that did not run, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// The mode.
+    pub mode: BenchMode,
+    /// Why.
+    pub reason: String,
+}
+
+/// How the run was set up.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    /// The command line.
+    pub command: String,
+    /// UTC start time.
+    pub started_utc: String,
+    /// Duet's version.
+    pub duet_version: String,
+    /// Verifier model file and description.
+    pub verifier: String,
+    /// Whether the verifier returned hidden states (for a conditioned diffusion drafter); this
+    /// makes prompt evaluation of every mode about 15% dearer.
+    pub verifier_features: bool,
+    /// Diffusion drafter checkpoint, when loaded.
+    pub drafter_checkpoint: Option<String>,
+    /// AR drafting model, when loaded.
+    pub drafting_model: Option<String>,
+    /// CPU threads of the llama.cpp models.
+    pub threads: u32,
+    /// `RAYON_NUM_THREADS` (candle's threads for the diffusion drafter), when set.
+    pub rayon_threads: Option<String>,
+    /// Draft block size.
+    pub block_size: usize,
+    /// `--quick`.
+    pub quick: bool,
+    /// Modes measured.
+    pub modes: Vec<BenchMode>,
+    /// Concurrency levels.
+    pub concurrency: Vec<usize>,
+    /// Server base URL, when measured through one.
+    pub server: Option<String>,
+    /// Whether in-process generations ran.
+    pub in_process: bool,
+    /// Suites.
+    pub suites: Vec<SuiteInfo>,
+}
+
+/// The whole `results.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Set-up.
+    pub config: RunConfig,
+    /// Machine.
+    pub machine: Machine,
+    /// Modes that did not run.
+    pub skipped: Vec<Skipped>,
+    /// One per (suite, mode, transport, concurrency).
+    pub summaries: Vec<Summary>,
+    /// The verifier cost curve c(k).
+    pub cost_curve: Vec<CostPoint>,
+    /// Greedy outputs that differ from `ar`'s; any fails the run.
+    pub mismatches: Vec<Mismatch>,
+    /// Plot files written, relative to the output folder.
+    pub plots: Vec<String>,
+    /// Every generation.
+    pub samples: Vec<Sample>,
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.filter(|x| x.is_finite()).map_or_else(|| "–".to_string(), f)
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.0}", s * 1000.0)
+}
+
+/// The markdown table (and notes) printed on stdout.
+pub fn markdown(r: &Report) -> String {
+    let mut o = String::new();
+    let c = &r.config;
+    let m = &r.machine;
+    let _ = writeln!(o, "## duet bench — {}", c.verifier);
+    let _ = writeln!(
+        o,
+        "\n{} ({} cores, {} GiB, {}), {} threads, block {}, {}; load average {} → {}{}\n",
+        m.cpu,
+        m.cores,
+        m.memory_gib,
+        m.os,
+        c.threads,
+        c.block_size,
+        c.started_utc,
+        opt(m.load_average[0], |l| format!("{l:.2}")),
+        opt(m.load_average[1], |l| format!("{l:.2}")),
+        if m.was_busy() { " — BUSY MACHINE: timings are noise" } else { "" }
+    );
+    let _ = writeln!(o, "`{}`\n", c.command);
+    let _ = writeln!(
+        o,
+        "| suite | mode | via | conc | tok/s | speedup med | speedup worst | τ | accepted | acceptance by position | draft len | TTFT p50 ms | ITL p50 / p99 ms | e2e p50 ms | drafter / verifier | vs ar |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for s in &r.summaries {
+        let by_pos: Vec<String> = s.acceptance_by_position.iter().take(8).map(|a| format!("{a:.2}")).collect();
+        let vs_ar = if s.key.mode == BenchMode::Ar && s.key.concurrency == 1 {
+            "reference".to_string()
+        } else if s.key.mode.is_lossless() {
+            format!("identical {}/{}", s.identical_to_ar, s.compared_with_ar)
+        } else {
+            format!(
+                "identical {}/{}, agree {}, edit sim {}, 1st diff {}",
+                s.identical_to_ar,
+                s.compared_with_ar,
+                opt(s.positional_agreement_mean, |a| format!("{:.0}%", a * 100.0)),
+                opt(s.edit_similarity_mean, |a| format!("{a:.2}")),
+                opt(s.first_difference_median, |a| format!("{a:.0}"))
+            )
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} |",
+            s.key.suite,
+            s.key.mode.label(),
+            s.key.transport.label(),
+            s.key.concurrency,
+            s.throughput_tok_s,
+            opt(s.speedup_median, |x| format!("{x:.2}×")),
+            opt(s.speedup_worst, |x| format!("{x:.2}×")),
+            opt(s.mean_accepted_length, |x| format!("{x:.2}")),
+            opt(s.acceptance_rate, |x| format!("{:.0}%", x * 100.0)),
+            if by_pos.is_empty() { "–".to_string() } else { by_pos.join(" ") },
+            opt(s.draft_length_mean, |x| format!("{x:.1}")),
+            ms(s.ttft_p50_s),
+            opt(s.itl_p50_s, ms),
+            opt(s.itl_p99_s, ms),
+            ms(s.e2e_p50_s),
+            opt(s.drafter_share, |x| format!("{:.0}%", x * 100.0)),
+            opt(s.verifier_share, |x| format!("{:.0}%", x * 100.0)),
+            vs_ar
+        );
+    }
+    if !r.cost_curve.is_empty() {
+        let points: Vec<String> = r.cost_curve.iter().map(|p| format!("c({})={:.2}", p.k, p.c)).collect();
+        let step = r.cost_curve.iter().find(|p| p.k == 0).map_or(0.0, |p| p.median_s);
+        let _ = writeln!(o, "\nVerifier cost curve (time of verifying k drafts / one step of {} ms): {}", ms(step), points.join(", "));
+    }
+    for s in &r.skipped {
+        let _ = writeln!(o, "\nSkipped {}: {}", s.mode.label(), s.reason);
+    }
+    if r.mismatches.is_empty() {
+        let _ = writeln!(o, "\nLossless check: every greedy hybrid output equals ar's.");
+    } else {
+        let _ = writeln!(o, "\n**LOSSLESS CHECK FAILED: {} greedy output(s) differ from ar:**", r.mismatches.len());
+        for mm in &r.mismatches {
+            let _ = writeln!(o, "- {mm}");
+        }
+    }
+    o
+}
+
+/// A UTC timestamp (`2026-11-28 07:30:00 UTC`) from the system clock.
+pub fn utc_now() -> String {
+    utc_from_unix(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Formats seconds since the Unix epoch as a UTC timestamp.
+pub fn utc_from_unix(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_times_become_utc_dates() {
+        assert_eq!(utc_from_unix(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_from_unix(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc_from_unix(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+}

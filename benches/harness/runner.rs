@@ -1,0 +1,141 @@
+//! In-process generations: the models are loaded once, every mode runs on the same verifier, and a
+//! group of prompts runs at once (one thread and one verifier session each) to measure concurrency.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use duet_drafter::{DiffusionModel, SamplerConfig};
+use duet_verifier::{TokenId, Verifier};
+
+use super::modes::{BenchMode, Transport};
+use super::sample::{DeliveryClock, Output, Sample, rate};
+use crate::drafters::{ArModelDrafter, DiffusionDrafter, HintPolicy, NgramDrafter};
+use crate::engine::{self, Drafter, GenerateParams, Generation, StopReason};
+
+/// A suite prompt made ready: its text as sent to a server and its tokens as the verifier sees them.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    /// Suite name.
+    pub suite: String,
+    /// Prompt id.
+    pub id: String,
+    /// The full prompt text (chat template applied for `messages` prompts).
+    pub text: String,
+    /// The prompt's tokens.
+    pub tokens: Vec<TokenId>,
+    /// Tokens to generate.
+    pub max_tokens: usize,
+}
+
+/// The models of a run, loaded once and shared by every mode.
+#[derive(Debug)]
+pub struct Models {
+    /// The verifier (hidden states on when the diffusion drafter is conditioned on them).
+    pub verifier: Verifier,
+    /// Whether the verifier returns hidden states (all modes then pay for them in prompt evaluation).
+    pub features: bool,
+    /// The block-diffusion drafter, when a mode uses it.
+    pub diffusion: Option<Arc<DiffusionModel>>,
+    /// How it denoises.
+    pub sampler: SamplerConfig,
+    /// What it is told about the previous block.
+    pub hints: HintPolicy,
+    /// The small AR drafting model, when `hybrid-ar-model` runs.
+    pub drafting_model: Option<Verifier>,
+}
+
+impl Models {
+    fn drafter(&self, mode: BenchMode) -> anyhow::Result<Option<Box<dyn Drafter>>> {
+        Ok(match mode {
+            BenchMode::Ar => None,
+            BenchMode::HybridNgram => Some(Box::new(NgramDrafter::default())),
+            BenchMode::HybridDiffusion | BenchMode::Diffusion => {
+                let model = self.diffusion.clone().context("the diffusion drafter is not loaded")?;
+                Some(Box::new(DiffusionDrafter::new(model, self.sampler.clone(), self.hints)?))
+            }
+            BenchMode::HybridArModel => {
+                let model = self.drafting_model.as_ref().context("the drafting model is not loaded")?;
+                Some(Box::new(ArModelDrafter::new(model, self.verifier.info(), 0.0)?))
+            }
+        })
+    }
+
+    /// Generates `prompt` in `mode`, timing every delivery of tokens.
+    pub fn generate(&self, mode: BenchMode, prompt: &PreparedPrompt, block_size: usize, max_tokens: usize) -> anyhow::Result<(Generation, super::sample::Deliveries)> {
+        let info = self.verifier.info();
+        let params = GenerateParams { max_tokens, mode: mode.engine_mode(), block_size, ..GenerateParams::default() };
+        let is_eog = |t: TokenId| info.is_eog(t);
+        let mut clock = DeliveryClock::start();
+        let mut drafter = self.drafter(mode)?;
+        let mut on_tokens = |_: &[TokenId]| {
+            clock.delivered();
+            true
+        };
+        let generation = match (mode, drafter.as_mut()) {
+            (BenchMode::Diffusion, Some(d)) => {
+                engine::generate_unverified(d.as_mut(), &prompt.tokens, &params, info.ctx_size, &is_eog, &mut on_tokens)?
+            }
+            (_, d) => {
+                let mut session = self.verifier.open_session().context("opening a verifier session")?;
+                engine::generate(&mut session, d.map(|d| d.as_mut() as &mut dyn Drafter), &prompt.tokens, &params, &is_eog, &mut on_tokens)?
+            }
+        };
+        Ok((generation, clock.finish()))
+    }
+
+    /// Runs one measured generation.
+    pub fn sample(&self, mode: BenchMode, prompt: &PreparedPrompt, block_size: usize, concurrency: usize) -> anyhow::Result<Sample> {
+        let (g, d) = self
+            .generate(mode, prompt, block_size, prompt.max_tokens)
+            .with_context(|| format!("{}/{} in mode {}", prompt.suite, prompt.id, mode.label()))?;
+        let info = self.verifier.info();
+        Ok(Sample {
+            suite: prompt.suite.clone(),
+            prompt: prompt.id.clone(),
+            mode,
+            transport: Transport::InProcess,
+            concurrency,
+            generated_tokens: g.tokens.len(),
+            stop: stop_name(g.stop).into(),
+            ttft_s: d.ttft_s,
+            e2e_s: d.e2e_s,
+            tokens_per_s: rate(g.tokens.len(), d.e2e_s),
+            deliveries: d.count,
+            itl_s: d.gaps_s,
+            stats: Some(g.stats),
+            accepted_prediction_tokens: None,
+            rejected_prediction_tokens: None,
+            text: String::from_utf8_lossy(&info.detokenize(&g.tokens)).into_owned(),
+            output: Output::Tokens(g.tokens),
+        })
+    }
+}
+
+/// The engine's stop reason as the JSON file names it.
+pub fn stop_name(s: StopReason) -> &'static str {
+    match s {
+        StopReason::Eos => "eos",
+        StopReason::MaxTokens => "max_tokens",
+        StopReason::ContextFull => "context_full",
+    }
+}
+
+/// Runs `prompts` at once, one thread each, all in `mode`; returns their samples in prompt order and
+/// the group's wall time.
+pub fn run_group<F>(prompts: &[&PreparedPrompt], run: F) -> anyhow::Result<(Vec<Sample>, f64)>
+where
+    F: Fn(&PreparedPrompt) -> anyhow::Result<Sample> + Sync,
+{
+    let started = Instant::now();
+    let run = &run;
+    let results: Vec<anyhow::Result<Sample>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts.iter().map(|&p| scope.spawn(move || run(p))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a generation thread panicked"))))
+            .collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    Ok((results.into_iter().collect::<anyhow::Result<Vec<_>>>()?, wall))
+}

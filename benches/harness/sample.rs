@@ -1,0 +1,111 @@
+//! One measured generation, and the clock that times token deliveries the way a streaming client
+//! sees them.
+
+use std::time::Instant;
+
+use duet_verifier::TokenId;
+use serde::Serialize;
+
+use super::modes::{BenchMode, Transport};
+use crate::engine::Stats;
+
+/// What a generation produced: token ids in process, text through the server (the OpenAI API does
+/// not return ids).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Generated token ids.
+    Tokens(Vec<TokenId>),
+    /// Generated text.
+    Text(String),
+}
+
+/// One generation of one prompt in one mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Suite name (file stem).
+    pub suite: String,
+    /// Prompt id within the suite.
+    pub prompt: String,
+    /// Decoding strategy.
+    pub mode: BenchMode,
+    /// In process or through the server.
+    pub transport: Transport,
+    /// Generations running at once while this one ran.
+    pub concurrency: usize,
+    /// Tokens generated (end-of-generation token not counted).
+    pub generated_tokens: usize,
+    /// Why it stopped (`eos`, `max_tokens`, `context_full`; the server's `finish_reason`).
+    pub stop: String,
+    /// Time to first token: from the request to the first delivered token, seconds.
+    pub ttft_s: f64,
+    /// End-to-end latency: from the request to the last token, seconds.
+    pub e2e_s: f64,
+    /// `generated_tokens / e2e_s`.
+    pub tokens_per_s: f64,
+    /// Times tokens were delivered (one per round in hybrid mode, one per SSE event).
+    pub deliveries: usize,
+    /// Gaps between successive deliveries, seconds (not in the JSON file: the summaries pool them).
+    #[serde(skip)]
+    pub itl_s: Vec<f64>,
+    /// The engine's counters (in process only).
+    pub stats: Option<Stats>,
+    /// Draft tokens the verifier accepted, as the server reports them.
+    pub accepted_prediction_tokens: Option<usize>,
+    /// Draft tokens the verifier rejected, as the server reports them.
+    pub rejected_prediction_tokens: Option<usize>,
+    /// The generated text.
+    pub text: String,
+    /// What is compared with `ar`.
+    #[serde(skip)]
+    pub output: Output,
+}
+
+/// Times deliveries of tokens to the caller.
+#[derive(Debug)]
+pub struct DeliveryClock {
+    start: Instant,
+    first: Option<f64>,
+    last: Option<Instant>,
+    gaps: Vec<f64>,
+}
+
+/// What a [`DeliveryClock`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deliveries {
+    /// Seconds to the first delivery (the end, when nothing was delivered).
+    pub ttft_s: f64,
+    /// Seconds to the end.
+    pub e2e_s: f64,
+    /// Gaps between successive deliveries, seconds.
+    pub gaps_s: Vec<f64>,
+    /// Number of deliveries.
+    pub count: usize,
+}
+
+impl DeliveryClock {
+    /// Starts timing now (the moment the request is made).
+    pub fn start() -> Self {
+        Self { start: Instant::now(), first: None, last: None, gaps: Vec::new() }
+    }
+
+    /// Records that tokens arrived now.
+    pub fn delivered(&mut self) {
+        let now = Instant::now();
+        match self.last {
+            None => self.first = Some((now - self.start).as_secs_f64()),
+            Some(last) => self.gaps.push((now - last).as_secs_f64()),
+        }
+        self.last = Some(now);
+    }
+
+    /// Stops the clock.
+    pub fn finish(self) -> Deliveries {
+        let e2e_s = self.start.elapsed().as_secs_f64();
+        Deliveries { ttft_s: self.first.unwrap_or(e2e_s), e2e_s, count: self.gaps.len() + usize::from(self.first.is_some()), gaps_s: self.gaps }
+    }
+}
+
+/// Tokens per second, 0 for an empty or instantaneous generation.
+pub fn rate(tokens: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 }
+}
