@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod drafters;
 pub mod engine;
+pub mod grpc;
 pub mod text;
 pub mod training;
 pub mod suite;

@@ -1,10 +1,13 @@
 //! The `duet` command line. Subcommand names and flags are a contract that scripts and tests rely on.
 
-mod generate;
-mod models;
+mod drafter_serve;
 mod eval;
+mod generate;
+mod grpc_common;
+mod models;
 mod options;
 mod train;
+mod verifier_serve;
 
 use std::process::ExitCode;
 
@@ -34,6 +37,16 @@ enum Command {
     TrainDrafter(train::TrainArgs),
     /// Measure the diffusion drafter against the real verifier: τ, acceptance by position, speed.
     EvalDrafter(eval::EvalArgs),
+    /// The drafter as a gRPC service (`duet drafter serve`).
+    Drafter {
+        #[command(subcommand)]
+        command: drafter_serve::DrafterCommand,
+    },
+    /// The verifier as a gRPC service (`duet verifier serve`).
+    Verifier {
+        #[command(subcommand)]
+        command: verifier_serve::VerifierCommand,
+    },
 }
 
 /// Parses the command line, runs it, and turns any error into one line on stderr and exit code 1.
@@ -45,6 +58,8 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::TrainDrafter(args) => train::run(args),
         Command::EvalDrafter(args) => eval::run(args),
+        Command::Drafter { command } => drafter_serve::run(command),
+        Command::Verifier { command } => verifier_serve::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

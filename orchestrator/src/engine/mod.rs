@@ -14,7 +14,7 @@ mod unverified;
 mod verifier;
 
 pub use drafter::{Draft, DraftError, DraftRequest, Drafter, Features, PreviousBlock};
-pub use round::{GenerateParams, Generation, Mode, StopReason, generate};
+pub use round::{GenerateParams, Generation, MAX_BLOCK_SIZE, MAX_TOKENS_LIMIT, Mode, StopReason, generate};
 pub use stats::Stats;
 pub use unverified::generate_unverified;
 pub use verifier::VerifierSession;
