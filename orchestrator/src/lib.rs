@@ -10,6 +10,7 @@ pub mod cli;
 pub mod drafters;
 pub mod engine;
 pub mod grpc;
+pub mod service;
 pub mod text;
 pub mod training;
 pub mod suite;

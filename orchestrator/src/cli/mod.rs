@@ -6,6 +6,7 @@ mod generate;
 mod grpc_common;
 mod models;
 mod options;
+mod orchestrator_serve;
 mod train;
 mod verifier_serve;
 
@@ -47,6 +48,12 @@ enum Command {
         #[command(subcommand)]
         command: verifier_serve::VerifierCommand,
     },
+    /// The speculative engine as a gRPC service over remote drafter and verifiers
+    /// (`duet orchestrator serve`).
+    Orchestrator {
+        #[command(subcommand)]
+        command: orchestrator_serve::OrchestratorCommand,
+    },
 }
 
 /// Parses the command line, runs it, and turns any error into one line on stderr and exit code 1.
@@ -60,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::EvalDrafter(args) => eval::run(args),
         Command::Drafter { command } => drafter_serve::run(command),
         Command::Verifier { command } => verifier_serve::run(command),
+        Command::Orchestrator { command } => orchestrator_serve::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,10 @@
 //!   keeps its context on the service, each call carries only new tokens and features.
 //! - [`verifier_service`] / [`verifier_client`]: `duet.v1.Verifier` and [`RemoteVerifierSession`];
 //!   sessions spread over replicas and stay on theirs.
+//! - [`orchestrator_service`]: `duet.v1.Orchestrator` over the generation service
+//!   ([`crate::service`]); [`remote_backend`] is that service's backend over the remote drafter
+//!   and verifiers (`duet orchestrator serve`).
+//! - [`hops`]: what the network hops cost per round, split against in process.
 //! - [`server`]: health, reflection, graceful shutdown, shared by every server.
 //! - [`convert`]: the wire types and the one mapping of errors to status codes.
 //!
@@ -19,6 +23,8 @@ pub mod drafter_client;
 pub mod drafter_factory;
 pub mod drafter_service;
 pub mod hops;
+pub mod orchestrator_service;
+pub mod remote_backend;
 pub mod server;
 pub mod verifier_client;
 pub mod verifier_service;
@@ -26,6 +32,8 @@ pub mod verifier_service;
 pub use drafter_client::{RemoteDrafter, RemoteDrafterService};
 pub use drafter_factory::ModelDrafters;
 pub use drafter_service::{DrafterFactory, DrafterService, DrafterServiceConfig, SessionDrafter};
+pub use orchestrator_service::OrchestratorService;
+pub use remote_backend::RemoteBackend;
 pub use server::{GrpcServer, Health, shutdown_signal};
 pub use verifier_client::{RemoteVerifierSession, RemoteVerifiers};
 pub use verifier_service::{VerifierService, VerifierServiceConfig};

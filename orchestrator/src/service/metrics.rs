@@ -1,0 +1,33 @@
+//! The generation metrics every transport shares, recorded through the `metrics` facade (a no-op
+//! until a recorder is installed, e.g. the Prometheus exporter of `duet serve`).
+
+/// Time from a request's admission to its first token, in seconds (histogram).
+pub const TIME_TO_FIRST_TOKEN: &str = "duet_time_to_first_token_seconds";
+/// Time between consecutive output tokens, in seconds (histogram; a batch of k tokens accepted
+/// together after t seconds counts as k gaps of t/k).
+pub const INTER_TOKEN_LATENCY: &str = "duet_inter_token_latency_seconds";
+/// Draft tokens sent to the verifier (counter, by drafter).
+pub const DRAFTED_TOKENS: &str = "duet_drafted_tokens_total";
+/// Draft tokens the verifier accepted (counter, by drafter).
+pub const ACCEPTED_TOKENS: &str = "duet_accepted_tokens_total";
+/// Draft tokens accepted per verified block (histogram, by drafter).
+pub const ACCEPTED_LENGTH: &str = "duet_accepted_length_tokens";
+/// Wall time of one drafter proposal, in seconds (histogram, by drafter).
+pub const DRAFTER_STEP: &str = "duet_drafter_step_seconds";
+/// Wall time of one verifier round (AR step or block verification), in seconds (histogram).
+pub const VERIFIER_STEP: &str = "duet_verifier_step_seconds";
+/// Generations holding a session now (gauge).
+pub const SESSIONS_IN_FLIGHT: &str = "duet_sessions_in_flight";
+/// Generations waiting for a session (gauge).
+pub const QUEUED_REQUESTS: &str = "duet_queued_requests";
+/// Generations that ended, by how (counter: eos, stop_sequence, max_tokens, context_full, error,
+/// cancelled).
+pub const GENERATIONS: &str = "duet_generations_total";
+/// Tokens generated (counter).
+pub const GENERATED_TOKENS: &str = "duet_generated_tokens_total";
+
+/// Histogram buckets for latencies in seconds: 1 ms to 60 s.
+pub const SECONDS_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Histogram buckets for accepted lengths in tokens.
+pub const TOKENS_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0];

@@ -1,0 +1,215 @@
+//! A generation request, independent of the transport it arrived on, and its checks.
+
+use duet_verifier::ChatMessage;
+
+use crate::drafters::DrafterKind;
+use crate::engine::Mode;
+use crate::engine::{MAX_BLOCK_SIZE, MAX_TOKENS_LIMIT};
+
+use super::ServiceError;
+
+/// Most stop strings per request.
+pub const MAX_STOP_STRINGS: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_LEN: usize = 256;
+
+/// What to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Raw text, tokenized as is (special-token text such as `<|im_start|>` becomes the token).
+    Text(String),
+    /// Chat messages, formatted with the model's chat template (from the GGUF metadata), ending with
+    /// an open assistant turn.
+    Chat(Vec<ChatMessage>),
+    /// Fill in the middle: the model writes what goes between `prefix` and `suffix`, using its FIM
+    /// tokens (`<|fim_prefix|>`, `<|fim_suffix|>`, `<|fim_middle|>` on Qwen2.5-Coder).
+    Infill {
+        /// Text before the gap.
+        prefix: String,
+        /// Text after the gap.
+        suffix: String,
+    },
+}
+
+/// Sampling settings as the client sent them.
+///
+/// Hook for sampling (issue 6): the engine decodes greedily only, so a request that asks for
+/// anything else is refused rather than silently run greedy. When the engine gains temperature /
+/// top-p sampling, pass these into `GenerateParams` in `worker.rs` and drop the refusals in
+/// [`Sampling::validate`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; absent or 0 is greedy.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass; absent or 1 keeps every token.
+    pub top_p: Option<f64>,
+    /// Seed of the random draws (no effect on greedy decoding, which is deterministic).
+    pub seed: Option<u64>,
+}
+
+impl Sampling {
+    /// Whether this is greedy decoding.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature.unwrap_or(0.0) == 0.0 && self.top_p.unwrap_or(1.0) == 1.0
+    }
+
+    /// Checks ranges, then refuses what the engine cannot do yet.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ServiceError::Invalid(format!("`temperature` must be between 0 and 2, got {t}")));
+            }
+            if t > 0.0 {
+                return Err(ServiceError::Invalid(format!(
+                    "`temperature` > 0 is not supported yet (got {t}): Duet decodes greedily; send 0 or leave it out"
+                )));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ServiceError::Invalid(format!("`top_p` must be in (0, 1], got {p}")));
+            }
+            if p < 1.0 {
+                return Err(ServiceError::Invalid(format!(
+                    "`top_p` < 1 is not supported yet (got {p}): Duet decodes greedily; send 1 or leave it out"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Most tokens to generate; `None`: until the context is full (at most 65536).
+    pub max_tokens: Option<usize>,
+    /// `ar`, `hybrid` or `diffusion`; `None`: the service default.
+    pub mode: Option<Mode>,
+    /// The drafter of hybrid mode; `None`: the service default.
+    pub drafter: Option<DrafterKind>,
+    /// Most draft tokens per round; `None`: the service default.
+    pub block_size: Option<usize>,
+    /// The output ends before the first occurrence of any of these.
+    pub stop: Vec<String>,
+    /// Sampling settings.
+    pub sampling: Sampling,
+}
+
+impl GenerationRequest {
+    /// A request with every optional field at its default.
+    pub fn new(prompt: Prompt) -> Self {
+        Self {
+            prompt,
+            max_tokens: None,
+            mode: None,
+            drafter: None,
+            block_size: None,
+            stop: Vec::new(),
+            sampling: Sampling::default(),
+        }
+    }
+
+    /// Checks every field that can be checked without the model.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        match &self.prompt {
+            Prompt::Text(t) if t.is_empty() => return Err(invalid("`prompt` must not be empty")),
+            Prompt::Chat(m) if m.is_empty() => return Err(invalid("`messages` must not be empty")),
+            Prompt::Chat(messages) => {
+                for (i, m) in messages.iter().enumerate() {
+                    if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+                        return Err(ServiceError::Invalid(format!(
+                            "`messages[{i}].role` must be system, user or assistant, got `{}`",
+                            m.role
+                        )));
+                    }
+                }
+            }
+            Prompt::Infill { prefix, suffix } if prefix.is_empty() && suffix.is_empty() => {
+                return Err(invalid("`prompt` and `suffix` must not both be empty"));
+            }
+            _ => {}
+        }
+        if let Some(n) = self.max_tokens
+            && !(1..=MAX_TOKENS_LIMIT).contains(&n)
+        {
+            return Err(ServiceError::Invalid(format!(
+                "`max_tokens` must be between 1 and {MAX_TOKENS_LIMIT}, got {n}"
+            )));
+        }
+        if let Some(k) = self.block_size
+            && !(1..=MAX_BLOCK_SIZE).contains(&k)
+        {
+            return Err(ServiceError::Invalid(format!("`block_size` must be between 1 and {MAX_BLOCK_SIZE}, got {k}")));
+        }
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(ServiceError::Invalid(format!(
+                "`stop` holds at most {MAX_STOP_STRINGS} strings, got {}",
+                self.stop.len()
+            )));
+        }
+        if let Some(s) = self.stop.iter().find(|s| s.len() > MAX_STOP_LEN) {
+            return Err(ServiceError::Invalid(format!(
+                "`stop` strings are at most {MAX_STOP_LEN} bytes, got one of {}",
+                s.len()
+            )));
+        }
+        self.sampling.validate()
+    }
+}
+
+fn invalid(msg: &str) -> ServiceError {
+    ServiceError::Invalid(msg.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text() -> GenerationRequest {
+        GenerationRequest::new(Prompt::Text("hi".into()))
+    }
+
+    #[test]
+    fn greedy_settings_pass() {
+        let mut r = text();
+        r.sampling = Sampling { temperature: Some(0.0), top_p: Some(1.0), seed: Some(7) };
+        assert_eq!(r.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_positive_temperature_is_refused_naming_the_field() {
+        let mut r = text();
+        r.sampling.temperature = Some(0.7);
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("`temperature` > 0 is not supported yet"), "{e}");
+    }
+
+    #[test]
+    fn top_p_below_one_is_refused_naming_the_field() {
+        let mut r = text();
+        r.sampling.top_p = Some(0.9);
+        assert!(r.validate().unwrap_err().to_string().contains("`top_p` < 1"));
+    }
+
+    #[test]
+    fn out_of_range_limits_name_the_field_and_the_limit() {
+        let mut r = text();
+        r.max_tokens = Some(0);
+        assert!(r.validate().unwrap_err().to_string().contains("`max_tokens` must be between 1 and 65536"));
+        let mut r = text();
+        r.block_size = Some(999);
+        assert!(r.validate().unwrap_err().to_string().contains("`block_size` must be between 1 and 256"));
+        let mut r = text();
+        r.stop = vec!["x".into(); 17];
+        assert!(r.validate().unwrap_err().to_string().contains("`stop` holds at most 16"));
+    }
+
+    #[test]
+    fn unknown_chat_roles_are_refused() {
+        let r = GenerationRequest::new(Prompt::Chat(vec![ChatMessage { role: "tool".into(), content: "x".into() }]));
+        assert!(r.validate().unwrap_err().to_string().contains("`messages[0].role`"));
+    }
+}

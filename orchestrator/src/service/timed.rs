@@ -1,0 +1,80 @@
+//! Wrappers that time every verifier round and drafter proposal and count drafts, so metrics and
+//! usage are right however a generation ends (a stop string cancels the engine before it returns
+//! its own statistics).
+
+use std::time::Instant;
+
+use duet_verifier::{TokenId, Verdict, VerifierError};
+
+use crate::engine::{Draft, DraftError, DraftRequest, Drafter, VerifierSession};
+
+use super::metrics as m;
+
+/// A verifier session that records each round.
+pub(crate) struct TimedSession<'a> {
+    pub inner: &'a mut dyn VerifierSession,
+    pub drafter: &'static str,
+    pub rounds: usize,
+    pub drafted: usize,
+    pub accepted: usize,
+    pub verifier_s: f64,
+}
+
+impl<'a> TimedSession<'a> {
+    pub fn new(inner: &'a mut dyn VerifierSession, drafter: &'static str) -> Self {
+        Self { inner, drafter, rounds: 0, drafted: 0, accepted: 0, verifier_s: 0.0 }
+    }
+}
+
+impl VerifierSession for TimedSession<'_> {
+    fn prefill(&mut self, prompt: &[TokenId]) -> Result<Verdict, VerifierError> {
+        let t = Instant::now();
+        let v = self.inner.prefill(prompt);
+        self.verifier_s += t.elapsed().as_secs_f64();
+        v
+    }
+
+    fn step(&mut self) -> Result<Verdict, VerifierError> {
+        self.verify(&[])
+    }
+
+    fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
+        let t = Instant::now();
+        let v = if draft.is_empty() { self.inner.step()? } else { self.inner.verify(draft)? };
+        let dt = t.elapsed().as_secs_f64();
+        self.verifier_s += dt;
+        self.rounds += 1;
+        metrics::histogram!(m::VERIFIER_STEP).record(dt);
+        if !draft.is_empty() {
+            self.drafted += draft.len();
+            self.accepted += v.accepted;
+            metrics::counter!(m::DRAFTED_TOKENS, "drafter" => self.drafter).increment(draft.len() as u64);
+            metrics::counter!(m::ACCEPTED_TOKENS, "drafter" => self.drafter).increment(v.accepted as u64);
+            metrics::histogram!(m::ACCEPTED_LENGTH, "drafter" => self.drafter).record(v.accepted as f64);
+        }
+        Ok(v)
+    }
+
+    fn room(&self) -> usize {
+        self.inner.room()
+    }
+}
+
+/// A drafter that records the time of each proposal.
+pub(crate) struct TimedDrafter<'a> {
+    pub inner: &'a mut dyn Drafter,
+    pub name: &'static str,
+}
+
+impl Drafter for TimedDrafter<'_> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn propose(&mut self, req: &DraftRequest<'_>) -> Result<Draft, DraftError> {
+        let t = Instant::now();
+        let d = self.inner.propose(req);
+        metrics::histogram!(m::DRAFTER_STEP, "drafter" => self.name).record(t.elapsed().as_secs_f64());
+        d
+    }
+}
