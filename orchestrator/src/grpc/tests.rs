@@ -423,3 +423,104 @@ fn a_drafter_service_that_dies_mid_generation_leaves_the_output_unchanged() {
     assert_eq!(g.tokens, ar.tokens);
     assert!(g.stats.drafter_failures >= 1, "the dead drafter was never noticed: {:?}", g.stats);
 }
+
+mod orchestrator {
+    //! `duet.v1.Orchestrator` over the generation service on the scripted backend, on port 0.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use duet_proto::v1 as pb;
+    use duet_proto::v1::orchestrator_client::OrchestratorClient;
+    use tonic::Code;
+
+    use super::{grpc_channel, rt};
+    use crate::grpc::server::LocalServer;
+    use crate::grpc::{GrpcServer, OrchestratorService};
+    use crate::service::testing::ScriptedBackend;
+    use crate::service::{GenerationService, ServiceConfig};
+
+    const SCRIPT: &str = "fn main() {\n    println!(\"hi\");\n}\n";
+
+    fn start(rt: &tokio::runtime::Runtime, backend: ScriptedBackend, max_running: usize, max_queued: usize) -> (LocalServer, GenerationService) {
+        let config = ServiceConfig { max_running, max_queued, ..ServiceConfig::default() };
+        let service = GenerationService::start(Arc::new(backend), config).expect("service");
+        let server = rt.block_on(async {
+            let grpc = GrpcServer::new().await.expect("server");
+            let grpc = grpc.add_service(OrchestratorService::with_service(service.clone()).into_server()).await;
+            grpc.health().set_serving().await;
+            LocalServer::start(grpc).await.expect("bind")
+        });
+        (server, service)
+    }
+
+    fn prompt(text: &str) -> pb::GenerateRequest {
+        pb::GenerateRequest { input: Some(pb::generate_request::Input::Prompt(text.into())), ..Default::default() }
+    }
+
+    #[test]
+    fn generate_and_generate_stream_return_the_same_text_and_final_stats() {
+        let rt = rt();
+        let (server, _service) = start(&rt, ScriptedBackend::new("scripted", SCRIPT, 512), 2, 2);
+        let url = server.url();
+        rt.block_on(async move {
+            let mut c = OrchestratorClient::new(grpc_channel(&url).await);
+            let whole = c.generate(prompt("fn main")).await.expect("Generate").into_inner();
+            assert_eq!(whole.text, SCRIPT);
+            assert_eq!(whole.stop_reason(), pb::StopReason::Eos);
+            let mut stream = c.generate_stream(prompt("fn main")).await.expect("stream").into_inner();
+            let (mut text, mut last) = (String::new(), None);
+            while let Some(m) = stream.message().await.expect("message") {
+                match m.event {
+                    Some(pb::generate_stream_response::Event::Delta(d)) => text.push_str(&d.text),
+                    Some(pb::generate_stream_response::Event::Final(f)) => last = Some(f),
+                    None => panic!("empty message"),
+                }
+            }
+            assert_eq!(text, whole.text);
+            let last = last.expect("a final message");
+            assert_eq!(last.stats.expect("stats").generated_tokens as usize, SCRIPT.len());
+        });
+    }
+
+    #[test]
+    fn a_full_orchestrator_answers_resource_exhausted_and_a_deadline_cancels() {
+        let rt = rt();
+        let (backend, gate) = ScriptedBackend::new("scripted", SCRIPT, 512).gated();
+        let (server, service) = start(&rt, backend, 1, 0);
+        let url = server.url();
+        rt.block_on(async move {
+            let mut c = OrchestratorClient::new(grpc_channel(&url).await);
+            // The first call holds the only place (the gate keeps it at its prompt) until its deadline.
+            let first = prompt("a").into_request_with_timeout(Duration::from_millis(300));
+            let mut c2 = c.clone();
+            let held = tokio::spawn(async move { c2.generate(first).await });
+            while service.load().running + service.load().queued == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let busy = c.generate(prompt("b")).await.expect_err("busy");
+            assert_eq!(busy.code(), Code::ResourceExhausted, "{busy:?}");
+            let expired = held.await.expect("join").expect_err("deadline");
+            assert!(matches!(expired.code(), Code::DeadlineExceeded | Code::Cancelled), "{expired:?}");
+            // The cancelled generation frees its place once it gets past the gate.
+            gate.open();
+            while service.load().running + service.load().queued > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let ok = c.generate(prompt("c")).await.expect("served after the cancel").into_inner();
+            assert_eq!(ok.text, SCRIPT);
+        });
+    }
+
+    trait WithTimeout: Sized {
+        fn into_request_with_timeout(self, t: Duration) -> tonic::Request<Self>;
+    }
+
+    impl WithTimeout for pb::GenerateRequest {
+        fn into_request_with_timeout(self, t: Duration) -> tonic::Request<Self> {
+            let mut r = tonic::Request::new(self);
+            r.set_timeout(t);
+            r
+        }
+    }
+}
