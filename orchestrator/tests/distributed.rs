@@ -233,10 +233,10 @@ fn killing_the_drafter_mid_generation_falls_back_to_ar_steps_with_the_same_outpu
                 Some(pb::generate_stream_response::Event::Delta(d)) => {
                     tokens.extend(d.token_ids);
                     deltas += 1;
-                    if deltas == 3 {
-                        if let Some(d) = drafter.take() {
-                            d.kill();
-                        }
+                    if deltas == 3
+                        && let Some(d) = drafter.take()
+                    {
+                        d.kill();
                     }
                 }
                 Some(pb::generate_stream_response::Event::Final(f)) => stats = f.stats,

@@ -64,11 +64,11 @@ pub fn choice_from_pb(c: &pb::TokenChoice) -> Choice {
 
 /// A verdict on the wire; `features` rows start at context position `first_row`.
 pub fn verdict_to_pb(v: Verdict, session_len: usize, feature_dim: usize, first_row: usize) -> pb::Verdict {
-    let hidden_states = (!v.features.is_empty()).then(|| pb::Features {
-        dim: feature_dim as u32,
-        first_row: first_row as u64,
-        data: v.features,
-    });
+    let hidden_states = if v.features.is_empty() {
+        None
+    } else {
+        Some(pb::Features { dim: feature_dim as u32, first_row: first_row as u64, data: v.features })
+    };
     pb::Verdict {
         accepted: v.accepted as u32,
         next: Some(choice_to_pb(&v.next)),
@@ -172,10 +172,10 @@ mod tests {
 
     #[test]
     fn invalid_arguments_name_the_field() {
-        let s = check_tokens("new_tokens", &[1, 99], 50).unwrap_err();
+        let s = check_tokens("new_tokens", &[1, 99], 50).expect_err("out of range");
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().starts_with("`new_tokens`"), "{}", s.message());
-        assert_eq!(check_session_id("").unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(check_session_id("").expect_err("empty").code(), Code::InvalidArgument);
     }
 
     #[test]

@@ -247,10 +247,10 @@ impl Drafter for RemoteDrafter {
             }
             Err(s) => {
                 self.forget();
-                if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) {
-                    if let Ok(mut b) = self.service.backoff.lock() {
-                        b.failed();
-                    }
+                if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+                    && let Ok(mut b) = self.service.backoff.lock()
+                {
+                    b.failed();
                 }
                 Err(self.error(&s))
             }

@@ -140,18 +140,18 @@ impl DrafterRpc for DrafterService {
             let names: Vec<&str> = info.drafters.iter().map(|d| d.name.as_str()).collect();
             return Err(invalid("drafter", format!("must be one of {names:?}, got {:?}", req.drafter)));
         }
-        if let Some(f) = &req.features {
-            if f.dim == 0 || f.data.len() % f.dim as usize != 0 {
-                return Err(invalid(
-                    "features",
-                    format!("must hold whole rows of `dim` floats, got {} floats of dim {}", f.data.len(), f.dim),
-                ));
-            }
+        if let Some(f) = &req.features
+            && (f.dim == 0 || !f.data.len().is_multiple_of(f.dim as usize))
+        {
+            return Err(invalid(
+                "features",
+                format!("must hold whole rows of `dim` floats, got {} floats of dim {}", f.data.len(), f.dim),
+            ));
         }
-        if let Some(p) = &req.previous {
-            if p.accepted as usize > p.draft.len() {
-                return Err(invalid("previous.accepted", format!("must be at most {}, got {}", p.draft.len(), p.accepted)));
-            }
+        if let Some(p) = &req.previous
+            && p.accepted as usize > p.draft.len()
+        {
+            return Err(invalid("previous.accepted", format!("must be at most {}, got {}", p.draft.len(), p.accepted)));
         }
         let (reply, rx) = oneshot::channel();
         self.jobs.try_send(Job::Draft { req, reply }).map_err(|e| match e {
@@ -292,7 +292,7 @@ impl Worker {
             return Err(invalid("new_tokens", "must not be empty on a session's first call (the context is empty)"));
         }
         if s.feature_dim > 0 {
-            let rows = (s.features.len() / s.feature_dim).min(keep);
+            let rows = s.features.len().checked_div(s.feature_dim).unwrap_or(0).min(keep);
             s.features.truncate(rows * s.feature_dim);
             if let Some(f) = req.features {
                 if f.dim as usize != s.feature_dim {

@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_request_without_input_names_the_field() {
-        let s = to_request(pb::GenerateRequest::default()).unwrap_err();
+        let s = to_request(pb::GenerateRequest::default()).expect_err("no input");
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.message().starts_with("`input`"), "{}", s.message());
     }
@@ -243,7 +243,7 @@ mod tests {
             ),
         ];
         for (r, field) in cases {
-            let s = to_request(r).unwrap_err();
+            let s = to_request(r).expect_err(field);
             assert_eq!(s.code(), tonic::Code::InvalidArgument, "{field}");
             assert!(s.message().contains(field), "{field}: {}", s.message());
         }

@@ -101,7 +101,10 @@ impl DrafterFactory for ScriptedFactory {
     }
 }
 
-fn recording() -> (Box<dyn DrafterFactory>, Arc<Mutex<Vec<Vec<TokenId>>>>) {
+/// The contexts a scripted drafter saw, call by call.
+type Seen = Arc<Mutex<Vec<Vec<TokenId>>>>;
+
+fn recording() -> (Box<dyn DrafterFactory>, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     (Box::new(ScriptedFactory { seen: seen.clone(), started: None, release: None }), seen)
 }
