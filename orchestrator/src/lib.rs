@@ -14,6 +14,7 @@ pub mod costs;
 pub mod drafters;
 pub mod engine;
 pub mod http;
+pub mod grpc;
 pub mod service;
 pub mod text;
 pub mod training;

@@ -1,12 +1,16 @@
 //! The `duet` command line. Subcommand names and flags are a contract that scripts and tests rely on.
 
 mod costs;
-mod generate;
-mod models;
+mod drafter_serve;
 mod eval;
+mod generate;
+mod grpc_common;
+mod models;
 mod options;
+mod orchestrator_serve;
 mod serve;
 mod train;
+mod verifier_serve;
 
 use std::process::ExitCode;
 
@@ -44,6 +48,22 @@ enum Command {
     /// verifier and prompts: speed, acceptance, latency; fails if a greedy hybrid output differs
     /// from ar's.
     Bench(crate::bench::BenchArgs),
+    /// The drafter as a gRPC service (`duet drafter serve`).
+    Drafter {
+        #[command(subcommand)]
+        command: drafter_serve::DrafterCommand,
+    },
+    /// The verifier as a gRPC service (`duet verifier serve`).
+    Verifier {
+        #[command(subcommand)]
+        command: verifier_serve::VerifierCommand,
+    },
+    /// The speculative engine as a gRPC service over remote drafter and verifiers
+    /// (`duet orchestrator serve`).
+    Orchestrator {
+        #[command(subcommand)]
+        command: orchestrator_serve::OrchestratorCommand,
+    },
 }
 
 /// Parses the command line, runs it, and turns any error into one line on stderr and exit code 1.
@@ -57,6 +77,9 @@ pub fn main() -> ExitCode {
         Command::TrainDrafter(args) => train::run(args),
         Command::EvalDrafter(args) => eval::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Drafter { command } => drafter_serve::run(command),
+        Command::Verifier { command } => verifier_serve::run(command),
+        Command::Orchestrator { command } => orchestrator_serve::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

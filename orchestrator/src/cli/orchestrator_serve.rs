@@ -1,0 +1,139 @@
+//! `duet orchestrator serve`: the speculative engine as a gRPC service (`duet.v1.Orchestrator`)
+//! over a drafter service and one or more verifier replicas.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use tokio::sync::oneshot;
+
+use super::grpc_common::{bind, runtime, serve_until_shutdown};
+use crate::drafters::DrafterKind;
+use crate::engine::Mode;
+use crate::grpc::orchestrator_service::OrchestratorService;
+use crate::grpc::remote_backend::RemoteBackend;
+use crate::grpc::server::DEFAULT_DRAIN;
+use crate::grpc::verifier_client::{ConnectError, DEFAULT_VERIFIER_TIMEOUT};
+use crate::grpc::{GrpcServer, RemoteDrafterService, RemoteVerifiers};
+use crate::service::{GenerationService, ServiceConfig};
+
+/// `duet orchestrator ...`
+#[derive(Debug, Subcommand)]
+pub enum OrchestratorCommand {
+    /// Serve generations over gRPC (`duet.v1.Orchestrator`), drafting on a drafter service and
+    /// verifying on verifier services.
+    Serve(OrchestratorServeArgs),
+}
+
+/// Flags of `duet orchestrator serve`.
+#[derive(Debug, Args)]
+pub struct OrchestratorServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed on stderr).
+    #[arg(long, env = "DUET_ORCHESTRATOR_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// URL of the drafter service (`duet drafter serve`), e.g. http://127.0.0.1:50061.
+    #[arg(long = "drafter", env = "DUET_DRAFTER_URL")]
+    pub drafter_url: String,
+    /// URL of a verifier service (`duet verifier serve`); repeat for several replicas: sessions are
+    /// spread over them and each stays on its own.
+    #[arg(long = "verifier", env = "DUET_VERIFIER_URLS", value_delimiter = ',', required = true)]
+    pub verifier_urls: Vec<String>,
+    /// Generations that run at once [default: the verifier replicas' sessions together].
+    #[arg(long)]
+    pub max_running: Option<usize>,
+    /// Generations that may wait; beyond them requests get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 32)]
+    pub max_queued: usize,
+    /// Mode of requests that name none.
+    #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
+    pub mode: Mode,
+    /// Drafter of hybrid requests that name none.
+    #[arg(long, value_enum, default_value_t = DrafterKind::Ngram)]
+    pub default_drafter: DrafterKind,
+    /// Draft tokens per round of requests that name none (1 to 256).
+    #[arg(long, default_value_t = 8)]
+    pub block_size: usize,
+    /// Milliseconds a draft call may take before the round goes on as a plain verifier step.
+    #[arg(long, default_value_t = 5000)]
+    pub drafter_timeout_ms: u64,
+    /// Seconds a verifier call (a whole prompt included) may take.
+    #[arg(long, default_value_t = DEFAULT_VERIFIER_TIMEOUT.as_secs())]
+    pub verifier_timeout_s: u64,
+    /// Seconds that generations in flight may still run after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = DEFAULT_DRAIN.as_secs())]
+    pub drain_timeout_s: u64,
+}
+
+/// Runs `duet orchestrator ...`.
+pub fn run(command: OrchestratorCommand) -> anyhow::Result<()> {
+    match command {
+        OrchestratorCommand::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.drafter_timeout_ms > 0, "`--drafter-timeout-ms` must be at least 1, got 0");
+    anyhow::ensure!(args.verifier_timeout_s > 0, "`--verifier-timeout-s` must be at least 1, got 0");
+    anyhow::ensure!(args.max_running != Some(0), "`--max-running` must be at least 1, got 0");
+    let rt = runtime()?;
+    let handle = rt.handle().clone();
+    rt.block_on(async move {
+        let orchestrator = OrchestratorService::new();
+        let server = GrpcServer::new().await?.add_service(orchestrator.clone().into_server()).await;
+        let health = server.health();
+        let listener = bind(args.listen, "orchestrator").await?;
+        let (fatal_tx, fatal_rx) = oneshot::channel();
+        let drain = Duration::from_secs(args.drain_timeout_s);
+        tokio::spawn(async move {
+            match connect(&args, handle).await {
+                Ok(service) => {
+                    eprintln!(
+                        "duet: orchestrator ready (drafter {}, verifiers {})",
+                        args.drafter_url,
+                        args.verifier_urls.join(", ")
+                    );
+                    orchestrator.ready(service);
+                    health.set_serving().await;
+                }
+                Err(e) => {
+                    let _ = fatal_tx.send(e);
+                }
+            }
+        });
+        serve_until_shutdown(server, listener, drain, fatal_rx).await
+    })
+}
+
+/// Connects to the verifiers (waiting while they load) and the drafter, and starts the
+/// generation service over them.
+async fn connect(args: &OrchestratorServeArgs, rt: tokio::runtime::Handle) -> anyhow::Result<GenerationService> {
+    let timeout = Duration::from_secs(args.verifier_timeout_s);
+    let mut said = false;
+    let verifiers = loop {
+        match RemoteVerifiers::connect(&args.verifier_urls, rt.clone(), timeout).await {
+            Ok(v) => break v,
+            Err(ConnectError::Unavailable { url, status }) => {
+                if !said {
+                    eprintln!("duet: waiting for verifier {url} ({})", status.message());
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).context("connecting to the verifiers"),
+        }
+    };
+    let max_running = args.max_running.unwrap_or(verifiers.total_sessions()).max(1);
+    let drafter = RemoteDrafterService::new(&args.drafter_url, rt.clone(), Duration::from_millis(args.drafter_timeout_ms))
+        .with_context(|| format!("bad drafter address {}", args.drafter_url))?;
+    let backend = RemoteBackend::new(verifiers, drafter, rt).await.context("checking the verifiers")?;
+    let config = ServiceConfig {
+        max_running,
+        max_queued: args.max_queued,
+        mode: args.mode,
+        drafter: args.default_drafter,
+        block_size: args.block_size,
+    };
+    GenerationService::start(Arc::new(backend), config).context("starting the generation threads")
+}
