@@ -263,21 +263,22 @@ mod tests {
             data_dir: root.join("data"),
             out_dir: root.join("ckpt"),
             block: 4,
-            context: 24,
+            // As long as the evaluation's context, so the held-out figure measures what was trained.
+            context: 136,
             batch: 8,
-            lr: 3e-3,
+            lr: 5e-3,
             minutes: 5.0,
-            max_steps: 40,
+            max_steps: 60,
             layers: 1,
             hidden: 128,
             eval_every: 1000,
             seed: 0,
         };
         let (first, early) = train(&opts).expect("train");
-        assert_eq!(first.step, 40);
-        opts.max_steps = 120;
+        assert_eq!(first.step, 60);
+        opts.max_steps = 240;
         let (second, late) = train(&opts).expect("resume");
-        assert_eq!(second.step, 120);
+        assert_eq!(second.step, 240);
         assert!(late.loss < early.loss, "held-out loss should fall: {} -> {}", early.loss, late.loss);
         // The checkpoint on disk evaluates to what training reported.
         let model = DiffusionModel::load(&opts.out_dir).expect("checkpoint loads");
