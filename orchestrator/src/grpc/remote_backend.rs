@@ -17,7 +17,7 @@ use super::drafter_factory::kind_name;
 use super::{RemoteDrafterService, RemoteVerifiers};
 use crate::drafters::DrafterKind;
 use crate::engine::{Drafter, Mode, VerifierSession};
-use crate::service::{Backend, FIM_MARKERS, ServiceError};
+use crate::service::{Backend, FIM_MARKERS, ServiceError, fim_prompt};
 
 /// The service's backend over remote models.
 #[derive(Debug)]
@@ -127,14 +127,7 @@ impl Backend for RemoteBackend {
     }
 
     fn infill_prompt(&self, prefix: &str, suffix: &str) -> Result<String, ServiceError> {
-        if !self.fim {
-            return Err(ServiceError::Invalid(format!(
-                "`suffix` (fill in the middle) needs a model with FIM tokens; {} has none",
-                self.name
-            )));
-        }
-        let [p, s, m] = FIM_MARKERS;
-        Ok(format!("{p}{prefix}{s}{suffix}{m}"))
+        fim_prompt(&self.name, self.fim, prefix, suffix)
     }
 
     fn detokenize(&self, tokens: &[TokenId]) -> Vec<u8> {

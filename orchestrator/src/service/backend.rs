@@ -14,6 +14,16 @@ use super::ServiceError;
 /// The FIM marker tokens of Qwen2.5-Coder, in prompt order.
 pub const FIM_MARKERS: [&str; 3] = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"];
 
+/// The fill-in-the-middle prompt (prefix, suffix, then the middle to generate), or the error for a
+/// model `name` without FIM tokens (`fim` false). Shared by every [`Backend`].
+pub fn fim_prompt(name: &str, fim: bool, prefix: &str, suffix: &str) -> Result<String, ServiceError> {
+    if !fim {
+        return Err(ServiceError::Invalid(format!("`suffix` (fill in the middle) needs a model with FIM tokens; {name} has none")));
+    }
+    let [p, s, m] = FIM_MARKERS;
+    Ok(format!("{p}{prefix}{s}{suffix}{m}"))
+}
+
 /// The loaded verifier and drafters, as the generation threads use them. Every method may block on a
 /// model thread: call it from a generation thread, never from an async task.
 pub trait Backend: Send + Sync + 'static {
@@ -126,14 +136,7 @@ impl Backend for Models {
     }
 
     fn infill_prompt(&self, prefix: &str, suffix: &str) -> Result<String, ServiceError> {
-        if !self.fim {
-            return Err(ServiceError::Invalid(format!(
-                "`suffix` (fill in the middle) needs a model with FIM tokens; {} has none",
-                self.name
-            )));
-        }
-        let [p, s, m] = FIM_MARKERS;
-        Ok(format!("{p}{prefix}{s}{suffix}{m}"))
+        fim_prompt(&self.name, self.fim, prefix, suffix)
     }
 
     fn detokenize(&self, tokens: &[TokenId]) -> Vec<u8> {

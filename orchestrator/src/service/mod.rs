@@ -32,7 +32,7 @@ use std::time::Instant;
 use duet_verifier::TokenId;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-pub use backend::{Backend, DiffusionSetup, FIM_MARKERS, Models};
+pub use backend::{Backend, DiffusionSetup, FIM_MARKERS, Models, fim_prompt};
 pub use error::ServiceError;
 pub use event::{Event, FinishReason, Finished, Usage};
 pub use request::{GenerationRequest, MAX_STOP_LEN, MAX_STOP_STRINGS, Prompt, Sampling};

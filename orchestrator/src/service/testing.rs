@@ -130,8 +130,7 @@ impl Backend for ScriptedBackend {
     }
 
     fn infill_prompt(&self, prefix: &str, suffix: &str) -> Result<String, ServiceError> {
-        let [p, s, m] = FIM_MARKERS;
-        Ok(format!("{p}{prefix}{s}{suffix}{m}"))
+        super::fim_prompt("scripted", true, prefix, suffix)
     }
 
     fn detokenize(&self, tokens: &[TokenId]) -> Vec<u8> {

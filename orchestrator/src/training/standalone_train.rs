@@ -17,7 +17,7 @@ use duet_drafter::{DiffusionModel, DrafterConfig, ForwardMode, TrainBatch, Vocab
 use serde::Serialize;
 
 use super::standalone::{self, Streams};
-use super::train::{Rng, STATE_FILE, TrainState, load_weights, save, weighted_cross_entropy};
+use super::train::{Progress, Rng, STATE_FILE, TrainState, load_weights, save, weighted_cross_entropy};
 
 /// Windows of the fixed held-out evaluation.
 pub const EVAL_WINDOWS: usize = 64;
@@ -151,7 +151,7 @@ pub fn train(opts: &StandaloneOptions) -> anyhow::Result<(TrainState, Evaluation
     let mut rng = Rng::new(opts.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9));
     let started = Instant::now();
     let (start_step, earlier_s) = (state.step, state.train_s);
-    let mut recent = Vec::new();
+    let mut progress = Progress::new(started, start_step, opts.minutes);
     let mut last = evaluate(&model, &streams.held_out)?;
     while state.step < opts.max_steps && started.elapsed().as_secs_f64() < opts.minutes * 60.0 {
         opt.set_learning_rate(opts.lr * ((state.step + 1) as f64 / 200.0).min(1.0));
@@ -161,15 +161,7 @@ pub fn train(opts: &StandaloneOptions) -> anyhow::Result<(TrainState, Evaluation
         opt.backward_step(&loss)?;
         state.step += 1;
         state.positions += positions as u64;
-        recent.push(loss.to_scalar::<f32>()?);
-        if state.step % 10 == 0 {
-            let mean = recent.iter().sum::<f32>() / recent.len() as f32;
-            recent.clear();
-            let el = started.elapsed().as_secs_f64();
-            let rate = (state.step - start_step) as f64 / el;
-            let left = ((opts.minutes * 60.0 - el) / 60.0).max(0.0);
-            eprint!("\r[train] step {} loss {mean:.3}, {rate:.2} steps/s ({:.0} positions/s), {left:.0} min left   ", state.step, rate * positions as f64);
-        }
+        progress.record(state.step, loss.to_scalar::<f32>()?, positions);
         if state.step % opts.eval_every == 0 {
             last = checkpoint(&model, &streams, &opts.out_dir, &mut state, earlier_s + started.elapsed().as_secs_f64())?;
         }

@@ -111,9 +111,8 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<TrainState> {
     let mut opt = AdamW::new(varmap.all_vars(), params)?;
     let mut rng = Rng::new(opts.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9));
     let started = Instant::now();
-    let start_step = state.step;
     let earlier_s = state.train_s;
-    let mut recent = Vec::new();
+    let mut progress = Progress::new(started, state.step, opts.minutes);
     while state.step < opts.max_steps && started.elapsed().as_secs_f64() < opts.minutes * 60.0 {
         let warm = ((state.step + 1) as f64 / 200.0).min(1.0);
         opt.set_learning_rate(opts.lr * warm);
@@ -122,15 +121,7 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<TrainState> {
         opt.backward_step(&loss)?;
         state.step += 1;
         state.positions += ex.positions as u64;
-        recent.push(loss.to_scalar::<f32>()?);
-        if state.step % 10 == 0 {
-            let mean = recent.iter().sum::<f32>() / recent.len() as f32;
-            recent.clear();
-            let el = started.elapsed().as_secs_f64();
-            let rate = (state.step - start_step) as f64 / el;
-            let left = ((opts.minutes * 60.0 - el) / 60.0).max(0.0);
-            eprint!("\r[train] step {} loss {mean:.3}, {:.2} steps/s ({:.0} positions/s), {left:.0} min left   ", state.step, rate, rate * (opts.batch * opts.block) as f64);
-        }
+        progress.record(state.step, loss.to_scalar::<f32>()?, ex.positions);
         if state.step % opts.eval_every == 0 {
             evaluate_and_save(&model, &held, opts, &mut state, earlier_s + started.elapsed().as_secs_f64(), &device)?;
         }
@@ -234,6 +225,38 @@ fn sample(data: &Loaded, model: &DiffusionModel, opts: &TrainOptions, rng: &mut 
 fn loss(model: &DiffusionModel, ex: &Example, mode: ForwardMode) -> anyhow::Result<Tensor> {
     let logits = model.forward_train(&ex.batch, mode)?; // (b, block + 1, vocab)
     weighted_cross_entropy(&logits, &ex.targets, &ex.weights)
+}
+
+/// The one-line progress report of a training run: mean loss of the last 10 steps, speed, time left.
+pub(super) struct Progress {
+    started: Instant,
+    start_step: usize,
+    minutes: f64,
+    recent: Vec<f32>,
+    positions: usize,
+}
+
+impl Progress {
+    pub(super) fn new(started: Instant, start_step: usize, minutes: f64) -> Self {
+        Self { started, start_step, minutes, recent: Vec::new(), positions: 0 }
+    }
+
+    /// Records one step's loss and trained positions; prints every 10 steps.
+    pub(super) fn record(&mut self, step: usize, loss: f32, positions: usize) {
+        self.recent.push(loss);
+        self.positions += positions;
+        if step % 10 != 0 {
+            return;
+        }
+        let mean = self.recent.iter().sum::<f32>() / self.recent.len() as f32;
+        let per_step = self.positions as f64 / self.recent.len() as f64;
+        self.recent.clear();
+        self.positions = 0;
+        let el = self.started.elapsed().as_secs_f64();
+        let rate = (step - self.start_step) as f64 / el;
+        let left = ((self.minutes * 60.0 - el) / 60.0).max(0.0);
+        eprint!("\r[train] step {step} loss {mean:.3}, {rate:.2} steps/s ({:.0} positions/s), {left:.0} min left   ", rate * per_step);
+    }
 }
 
 /// Loads a checkpoint's weights into training variables, converting their dtype: a checkpoint may
