@@ -162,7 +162,7 @@ pub fn train(opts: &StandaloneOptions) -> anyhow::Result<(TrainState, Evaluation
         state.step += 1;
         state.positions += positions as u64;
         progress.record(state.step, loss.to_scalar::<f32>()?, positions);
-        if state.step % opts.eval_every == 0 {
+        if state.step.is_multiple_of(opts.eval_every) {
             last = checkpoint(&model, &streams, &opts.out_dir, &mut state, earlier_s + started.elapsed().as_secs_f64())?;
         }
     }

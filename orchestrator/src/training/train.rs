@@ -122,7 +122,7 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<TrainState> {
         state.step += 1;
         state.positions += ex.positions as u64;
         progress.record(state.step, loss.to_scalar::<f32>()?, ex.positions);
-        if state.step % opts.eval_every == 0 {
+        if state.step.is_multiple_of(opts.eval_every) {
             evaluate_and_save(&model, &held, opts, &mut state, earlier_s + started.elapsed().as_secs_f64(), &device)?;
         }
     }
@@ -245,7 +245,7 @@ impl Progress {
     pub(super) fn record(&mut self, step: usize, loss: f32, positions: usize) {
         self.recent.push(loss);
         self.positions += positions;
-        if step % 10 != 0 {
+        if !step.is_multiple_of(10) {
             return;
         }
         let mean = self.recent.iter().sum::<f32>() / self.recent.len() as f32;
