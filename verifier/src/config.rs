@@ -1,11 +1,14 @@
 //! Verifier configuration: which model, how much context, how many threads.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default per-session context length in tokens.
 pub const DEFAULT_CTX_SIZE: u32 = 4096;
 /// Default number of sessions one verifier serves at once.
 pub const DEFAULT_MAX_SESSIONS: u32 = 4;
+/// How long the verifier thread waits for other sessions' blocks to share a decode call.
+pub const DEFAULT_GATHER_WINDOW: Duration = Duration::from_millis(2);
 /// Largest batch one decode call may hold: prompt chunks and verification blocks.
 pub const DEFAULT_BATCH_SIZE: u32 = 512;
 
@@ -26,6 +29,10 @@ pub struct VerifierConfig {
     /// as features for a target-conditioned drafter. Makes every token of a batch an output, which
     /// adds the output layer's cost to prompt evaluation (about 15% on the Qwen models).
     pub features: bool,
+    /// After taking a session's block, how long to wait for the blocks of other open sessions so
+    /// they share one decode call. Only waited while other sessions are open; zero still joins
+    /// blocks that are already queued.
+    pub gather_window: Duration,
 }
 
 impl VerifierConfig {
@@ -38,6 +45,7 @@ impl VerifierConfig {
             threads: default_threads(),
             batch_size: DEFAULT_BATCH_SIZE,
             features: false,
+            gather_window: DEFAULT_GATHER_WINDOW,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use crate::greedy::Choice;
 use crate::sampling::{SamplingParams, SparseDist};
 use crate::vocab::{ChatMessage, ModelInfo};
-use crate::worker::{self, Command};
+use crate::worker::{self, Command, Usage};
 use crate::{TokenId, VerifierConfig, VerifierError};
 
 /// Commands waiting for the verifier thread before senders block.
@@ -86,6 +86,11 @@ impl Verifier {
     pub fn open_session(&self) -> Result<Session, VerifierError> {
         let seq = self.call(|reply| Command::Open { reply })?;
         Ok(Session { seq, len: 0, verifier: self.clone(), sampling: SamplingParams::default() })
+    }
+
+    /// Sessions open, tokens cached and decode calls so far (for metrics and leak checks).
+    pub fn usage(&self) -> Result<Usage, VerifierError> {
+        self.call(|reply| Command::Usage { reply })
     }
 
     fn call<T>(

@@ -12,6 +12,9 @@
 //! verifier's processed distribution ([`sampling`]) and drafts are accepted by speculative rejection
 //! sampling ([`speculative`]), so hybrid output is distributed exactly as verifier-only sampling.
 //!
+//! Sessions verify concurrently: blocks of several sessions that reach the thread together are
+//! evaluated in one decode call ([`gather`]), which costs little more than one on a CPU.
+//!
 //! Speculation is lossless only if evaluating a token inside a batch gives the same logits as evaluating
 //! it alone. The workspace builds llama.cpp without runtime weight repacking and the worker switches off
 //! the tiled matmul kernels ([`batch_invariance`]), which makes every batch size bit-identical.
@@ -19,6 +22,7 @@
 pub mod batch_invariance;
 pub mod config;
 pub mod error;
+mod gather;
 pub mod greedy;
 mod handle;
 pub mod quantize;
@@ -32,7 +36,7 @@ pub use error::VerifierError;
 pub use greedy::Choice;
 pub use handle::{Session, Verdict, Verifier};
 pub use sampling::{SamplingParams, SparseDist};
-pub use worker::REPORTED_SUPPORT_LIMIT;
+pub use worker::{REPORTED_SUPPORT_LIMIT, Usage};
 pub use vocab::{ChatMessage, ModelInfo};
 
 /// A token id in the verifier's vocabulary.

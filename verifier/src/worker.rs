@@ -16,6 +16,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
+use crate::gather::{Gatherer, Joinable, Next};
 use crate::greedy::{Choice, accept_prefix, choose};
 use crate::handle::Verdict;
 use crate::sampling::{SamplingParams, SparseDist, process};
@@ -35,6 +36,29 @@ pub(crate) enum Command {
     Score { seq: i32, tokens: Vec<TokenId>, reply: Reply<(Vec<Choice>, Vec<f32>)> },
     Verify { seq: i32, draft: Vec<TokenId>, q: Vec<SparseDist>, sampling: SamplingParams, reply: Reply<Verdict> },
     Measure { seq: i32, sizes: Vec<usize>, repeats: usize, reply: Reply<Vec<f64>> },
+    Usage { reply: Reply<Usage> },
+}
+
+impl Joinable for Command {
+    fn joins(&self) -> Option<(i32, usize)> {
+        match self {
+            Command::Verify { seq, draft, .. } => Some((*seq, draft.len() + 1)),
+            _ => None,
+        }
+    }
+}
+
+/// What the verifier holds now and has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Sessions open.
+    pub sessions: usize,
+    /// Tokens in the KV cache, over every sequence (as llama.cpp reports its positions).
+    pub kv_tokens: usize,
+    /// Decode calls that evaluated a verification block (or a plain step), since the start.
+    pub verify_decodes: u64,
+    /// Verification blocks they evaluated: more than `verify_decodes` when sessions shared a batch.
+    pub verify_blocks: u64,
 }
 
 /// Largest support of a sampled token's distribution that a [`Verdict`] reports (`next_dist`):
@@ -88,9 +112,14 @@ pub(crate) fn run(config: VerifierConfig, rx: Receiver<Command>, ready: SyncSend
     if ready.send(Ok(info)).is_err() {
         return;
     }
-    let mut worker = Worker { model: &model, ctx, config, sessions: HashMap::new() };
-    while let Ok(cmd) = rx.recv() {
-        worker.handle(cmd);
+    let mut gatherer = Gatherer::new(rx, config.gather_window);
+    let budget = config.batch_size as usize;
+    let mut worker = Worker { model: &model, ctx, config, sessions: HashMap::new(), usage: Usage::default() };
+    while let Some(next) = gatherer.next(worker.sessions.len(), budget) {
+        match next {
+            Next::One(cmd) => worker.handle(cmd),
+            Next::Group(cmds) => worker.verify_group(cmds),
+        }
     }
 }
 
@@ -186,6 +215,19 @@ struct Worker<'m> {
     ctx: LlamaContext<'m>,
     config: VerifierConfig,
     sessions: HashMap<i32, SeqState>,
+    /// Counters reported by [`Command::Usage`]; `sessions` and `kv_tokens` are filled on demand.
+    usage: Usage,
+}
+
+/// A verification taken from the channel, checked and with its block built.
+struct Block {
+    seq: i32,
+    /// Tokens in the session's cache before the block.
+    len: usize,
+    /// The pending token followed by the draft.
+    tokens: Vec<TokenId>,
+    q: Vec<SparseDist>,
+    sampling: SamplingParams,
 }
 
 impl Worker<'_> {
@@ -214,6 +256,65 @@ impl Worker<'_> {
             }
             Command::Measure { seq, sizes, repeats, reply } => {
                 let _ = reply.send(self.measure(seq, &sizes, repeats));
+            }
+            Command::Usage { reply } => {
+                let _ = reply.send(Ok(self.usage()));
+            }
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        let kv_tokens = (0..self.config.max_sessions as i32)
+            .map(|seq| {
+                let (min, max) = (self.ctx.kv_cache_seq_pos_min(seq), self.ctx.kv_cache_seq_pos_max(seq));
+                if min < 0 || max < min { 0 } else { (max - min + 1) as usize }
+            })
+            .sum();
+        Usage { sessions: self.sessions.len(), kv_tokens, ..self.usage }
+    }
+
+    /// Serves verifications of distinct sessions with one decode call for all of their blocks.
+    /// Each block's tokens are computed exactly as they would be alone (see [`crate::batch_invariance`]).
+    fn verify_group(&mut self, cmds: Vec<Command>) {
+        let mut blocks = Vec::with_capacity(cmds.len());
+        let mut replies = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            match cmd {
+                Command::Verify { seq, draft, q, sampling, reply } => match self.block(seq, &draft, q, sampling) {
+                    Ok(b) => {
+                        blocks.push(b);
+                        replies.push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                other => self.handle(other),
+            }
+        }
+        if blocks.is_empty() {
+            return;
+        }
+        // llama.cpp puts consecutive sequence ids into one micro-batch; sessions get the lowest free ids.
+        let mut order: Vec<usize> = (0..blocks.len()).collect();
+        order.sort_by_key(|&i| blocks[i].seq);
+        let parts: Vec<(i32, usize, &[TokenId])> =
+            order.iter().map(|&i| (blocks[i].seq, blocks[i].len, blocks[i].tokens.as_slice())).collect();
+        let decoded = self.decode_many(&parts);
+        self.usage.verify_decodes += 1;
+        self.usage.verify_blocks += blocks.len() as u64;
+        match decoded {
+            Ok(outputs) => {
+                for ((choices, features, row0), &i) in outputs.into_iter().zip(&order) {
+                    let verdict = self.judge(&blocks[i], choices, features, row0);
+                    let _ = replies[i].send(verdict);
+                }
+            }
+            Err(e) => {
+                for (b, reply) in blocks.iter().zip(replies) {
+                    let _ = self.remove_from(b.seq, b.len);
+                    let _ = reply.send(Err(VerifierError::Backend { op: "decode", reason: e.to_string() }));
+                }
             }
         }
     }
@@ -318,6 +419,44 @@ impl Worker<'_> {
         Ok((choices, features))
     }
 
+    /// Decodes several sequences' tokens in one batch (they must fit in it together) with logits
+    /// at every token. Returns, per part, the greedy choices, the hidden states (with features on)
+    /// and the batch row of its first token.
+    #[allow(clippy::type_complexity)]
+    fn decode_many(&mut self, parts: &[(i32, usize, &[TokenId])]) -> Result<Vec<(Vec<Choice>, Vec<f32>, usize)>, VerifierError> {
+        let total: usize = parts.iter().map(|p| p.2.len()).sum();
+        debug_assert!(total <= self.config.batch_size as usize);
+        let mut batch = LlamaBatch::new(total, 1);
+        for &(seq, start, tokens) in parts {
+            for (i, &t) in tokens.iter().enumerate() {
+                batch
+                    .add(LlamaToken(t as i32), (start + i) as i32, &[seq], true)
+                    .map_err(|e| VerifierError::Backend { op: "fill batch", reason: e.to_string() })?;
+            }
+        }
+        self.ctx.decode(&mut batch).map_err(|e| VerifierError::Backend { op: "decode", reason: e.to_string() })?;
+        let mut out = Vec::with_capacity(parts.len());
+        let mut row = 0;
+        for &(_, _, tokens) in parts {
+            let row0 = row;
+            let mut choices = Vec::with_capacity(tokens.len());
+            let mut features = Vec::new();
+            for _ in tokens {
+                choices.push(choose(self.ctx.get_logits_ith(row as i32)));
+                if self.config.features {
+                    let r = self.ctx.embeddings_ith(row as i32).map_err(|_| VerifierError::Backend {
+                        op: "read hidden states",
+                        reason: format!("no hidden state for batch row {row}"),
+                    })?;
+                    features.extend_from_slice(r);
+                }
+                row += 1;
+            }
+            out.push((choices, features, row0));
+        }
+        Ok(out)
+    }
+
     fn feed(&mut self, seq: i32, tokens: &[TokenId], sampling: &SamplingParams) -> Result<Verdict, VerifierError> {
         if tokens.is_empty() {
             return Err(VerifierError::InvalidRequest("`tokens` must not be empty".into()));
@@ -390,6 +529,27 @@ impl Worker<'_> {
         q: &[SparseDist],
         sampling: &SamplingParams,
     ) -> Result<Verdict, VerifierError> {
+        let block = self.block(seq, draft, q.to_vec(), *sampling)?;
+        let (choices, features) = match self.decode(seq, block.len, &block.tokens, block.tokens.len()) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = self.remove_from(seq, block.len);
+                return Err(e);
+            }
+        };
+        self.usage.verify_decodes += 1;
+        self.usage.verify_blocks += 1;
+        self.judge(&block, choices, features, 0)
+    }
+
+    /// Checks a verification request and builds its block: the pending token, then the draft.
+    fn block(
+        &mut self,
+        seq: i32,
+        draft: &[TokenId],
+        q: Vec<SparseDist>,
+        sampling: SamplingParams,
+    ) -> Result<Block, VerifierError> {
         let (len, pending) = self.pending(seq)?;
         if draft.len() + 1 > self.config.batch_size as usize {
             return Err(VerifierError::InvalidRequest(format!(
@@ -400,35 +560,42 @@ impl Worker<'_> {
         }
         self.check_tokens(draft)?;
         self.check_room("the draft block", len + 1 + draft.len())?;
-        let mut block = Vec::with_capacity(draft.len() + 1);
-        block.push(pending);
-        block.extend_from_slice(draft);
-        let (choices, mut features) = match self.decode(seq, len, &block, block.len()) {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = self.remove_from(seq, len);
-                return Err(e);
-            }
-        };
+        let mut tokens = Vec::with_capacity(draft.len() + 1);
+        tokens.push(pending);
+        tokens.extend_from_slice(draft);
+        Ok(Block { seq, len, tokens, q, sampling })
+    }
+
+    /// Accepts a prefix of a decoded block (its logits are rows `row0..` of the last decode), trims
+    /// the rejected positions from the cache and moves the session on.
+    fn judge(
+        &mut self,
+        block: &Block,
+        choices: Vec<Choice>,
+        mut features: Vec<f32>,
+        row0: usize,
+    ) -> Result<Verdict, VerifierError> {
+        let (seq, len, sampling) = (block.seq, block.len, &block.sampling);
+        let draft = &block.tokens[1..];
         let (accepted, kept, next_dist) = if sampling.is_greedy() {
             let accepted = accept_prefix(draft, &choices);
             let mut kept = choices;
             kept.truncate(accepted + 1);
             (accepted, kept, Vec::new())
         } else {
-            // Speculative sampling over the rows of this decode (one chunk: row i is block token i).
+            // Speculative sampling over the block's rows of this decode.
             let ctx = &self.ctx;
             let report = (1..=REPORTED_SUPPORT_LIMIT).contains(&sampling.top_k);
             // The last distribution judged is the one `next` came from.
             let mut last_p = Vec::new();
             let p = |i: usize| {
-                let d = process(ctx.get_logits_ith(i as i32), sampling);
+                let d = process(ctx.get_logits_ith((row0 + i) as i32), sampling);
                 if report {
                     last_p.clone_from(&d);
                 }
                 d
             };
-            let outcome = speculate(draft, q, p, sampling.seed, len + 1);
+            let outcome = speculate(draft, &block.q, p, sampling.seed, len + 1);
             let kept: Vec<Choice> =
                 outcome.tokens.iter().zip(&choices).map(|(&(token, prob), c)| Choice { token, prob, margin: c.margin }).collect();
             (outcome.accepted, kept, last_p)
@@ -437,7 +604,7 @@ impl Worker<'_> {
         self.remove_from(seq, keep)?;
         let next = kept[accepted];
         let st = self.state(seq)?;
-        st.tokens.extend_from_slice(&block[..1 + accepted]);
+        st.tokens.extend_from_slice(&block.tokens[..1 + accepted]);
         st.pending = Some(next.token);
         let n_embd = self.model.n_embd().max(0) as usize;
         features.truncate((accepted + 1) * n_embd);
