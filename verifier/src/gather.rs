@@ -83,6 +83,7 @@ impl<C: Joinable> Gatherer<C> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use std::sync::mpsc::channel;
 
     use super::*;
