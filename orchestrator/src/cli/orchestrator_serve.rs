@@ -46,6 +46,10 @@ pub struct OrchestratorServeArgs {
     /// Generations that may wait; beyond them requests get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 32)]
     pub max_queued: usize,
+    /// Longest one request may take, queueing included, in seconds (0: no limit); a longer one is
+    /// stopped with 504 / DEADLINE_EXCEEDED after the output so far.
+    #[arg(long, env = "DUET_REQUEST_TIMEOUT", default_value_t = crate::service::DEFAULT_REQUEST_TIMEOUT.as_secs())]
+    pub request_timeout: u64,
     /// Mode of requests that name none.
     #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
     pub mode: Mode,
@@ -134,6 +138,7 @@ async fn connect(args: &OrchestratorServeArgs, rt: tokio::runtime::Handle) -> an
         mode: args.mode,
         drafter: args.default_drafter,
         block_size: args.block_size,
+        request_timeout: (args.request_timeout > 0).then(|| std::time::Duration::from_secs(args.request_timeout)),
     };
     GenerationService::start(Arc::new(backend), config).context("starting the generation threads")
 }

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Block size of requests that do not choose one (`block_size` field), 1 to 256.
     #[arg(long, default_value_t = 8)]
     pub block_size: usize,
+    /// Longest one request may take, queueing included, in seconds (0: no limit); a longer one is
+    /// stopped with 504 / DEADLINE_EXCEEDED after the output so far.
+    #[arg(long, env = "DUET_REQUEST_TIMEOUT", default_value_t = crate::service::DEFAULT_REQUEST_TIMEOUT.as_secs())]
+    pub request_timeout: u64,
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, env = "DUET_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -208,6 +212,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<GenerationService> {
         mode: args.mode,
         drafter: args.drafter,
         block_size: args.block_size,
+        request_timeout: (args.request_timeout > 0).then(|| std::time::Duration::from_secs(args.request_timeout)),
     };
     Ok(GenerationService::start(Arc::new(models), config)?)
 }

@@ -78,7 +78,17 @@ pub fn status_from_service(e: &ServiceError) -> Status {
     match e {
         ServiceError::Invalid(m) => Status::invalid_argument(m.clone()),
         ServiceError::ContextLength(m) => Status::out_of_range(m.clone()),
-        ServiceError::Busy { .. } => Status::resource_exhausted(e.to_string()),
+        ServiceError::Busy { .. } => {
+            let mut status = Status::resource_exhausted(e.to_string());
+            if let Some(s) = e.retry_after_s()
+                && let Ok(v) = s.to_string().parse()
+            {
+                // The HTTP header's name and meaning, as gRPC metadata.
+                status.metadata_mut().insert("retry-after", v);
+            }
+            status
+        }
+        ServiceError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
         ServiceError::Unavailable(m) => Status::unavailable(m.clone()),
         ServiceError::Internal(m) => Status::internal(m.clone()),
     }
@@ -261,6 +271,8 @@ mod tests {
     #[test]
     fn a_busy_service_answers_resource_exhausted() {
         let e = ServiceError::Busy { running: 1, queued: 1, max_running: 1, max_queued: 1 };
-        assert_eq!(status_from_service(&e).code(), tonic::Code::ResourceExhausted);
+        let status = status_from_service(&e);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.metadata().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     }
 }

@@ -21,6 +21,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// OpenAI's error code, if any.
     pub code: Option<&'static str>,
+    /// Seconds to wait before retrying (the `Retry-After` header), for refusals that pass.
+    pub retry_after_s: Option<u64>,
 }
 
 /// The JSON body.
@@ -47,7 +49,7 @@ pub struct ErrorObject<'a> {
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         let message = message.into();
-        Self { status, param: field_in(&message), message, kind, code: None }
+        Self { status, param: field_in(&message), message, kind, code: None, retry_after_s: None }
     }
 
     /// 400: the request asks for something invalid or unsupported.
@@ -120,7 +122,13 @@ impl From<ServiceError> for ApiError {
             ServiceError::Busy { .. } => Self {
                 code: Some("server_busy"),
                 param: None,
+                retry_after_s: e.retry_after_s(),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+            },
+            ServiceError::Timeout { .. } => Self {
+                code: Some("timeout"),
+                param: None,
+                ..Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message)
             },
             ServiceError::Unavailable(_) => Self::unavailable(message),
             ServiceError::Internal(_) => Self::internal(message),
@@ -130,7 +138,11 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after_s {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+        }
+        response
     }
 }
 
@@ -149,5 +161,15 @@ mod tests {
     fn busy_maps_to_429() {
         let e = ApiError::from(ServiceError::Busy { running: 1, queued: 0, max_running: 1, max_queued: 0 });
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        let response = e.into_response();
+        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    }
+
+    #[test]
+    fn a_timeout_maps_to_504_without_retry_after() {
+        let e = ApiError::from(ServiceError::Timeout { limit: std::time::Duration::from_secs(3) });
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(e.message.contains("3 s"), "{}", e.message);
+        assert!(e.into_response().headers().get("retry-after").is_none());
     }
 }

@@ -172,6 +172,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     match &state.inner.prometheus {
         Some(handle) => {
+            if let Ok(svc) = state.service().cloned() {
+                // The verifier answers between decodes: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || svc.verifier_usage()).await;
+            }
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
         }
         None => ApiError::not_found("metrics are not enabled on this server", "not_found").into_response(),

@@ -302,6 +302,7 @@ fn finish(prompt: Prompt, max_tokens: Option<usize>, c: Common) -> Result<Parsed
         block_size,
         stop,
         sampling: Sampling { temperature: c.temperature, top_p: c.top_p, seed: c.seed.map(|s| s as u64) },
+        timeout: None,
     };
     request.validate()?;
     Ok(Parsed {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use duet_drafter::{DiffusionModel, SamplerConfig};
-use duet_verifier::{ChatMessage, TokenId, Verifier, VerifierError};
+use duet_verifier::{ChatMessage, TokenId, Usage, Verifier, VerifierError};
 
 use crate::drafters::{ArModelDrafter, DiffusionDrafter, DrafterKind, HintPolicy, NgramDrafter};
 use crate::engine::{Drafter, Mode, VerifierSession};
@@ -47,6 +47,10 @@ pub trait Backend: Send + Sync + 'static {
     fn open_session(&self) -> Result<Box<dyn VerifierSession + Send>, ServiceError>;
     /// A fresh drafter of this kind for one generation.
     fn new_drafter(&self, kind: DrafterKind) -> Result<Box<dyn Drafter>, ServiceError>;
+    /// What the local verifier holds now (sessions, KV cache), when there is one in this process.
+    fn verifier_usage(&self) -> Option<Usage> {
+        None
+    }
 }
 
 /// The diffusion drafter's model and how it samples.
@@ -121,6 +125,10 @@ fn internal(e: VerifierError) -> ServiceError {
 impl Backend for Models {
     fn model_name(&self) -> &str {
         &self.name
+    }
+
+    fn verifier_usage(&self) -> Option<Usage> {
+        self.verifier.usage().ok()
     }
 
     fn ctx_size(&self) -> usize {

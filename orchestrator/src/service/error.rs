@@ -27,7 +27,27 @@ pub enum ServiceError {
     /// UNAVAILABLE.
     #[error("{0}")]
     Unavailable(String),
+    /// The generation ran past its time limit (waiting in the queue included); what was generated
+    /// until then has been sent. HTTP 504, gRPC DEADLINE_EXCEEDED.
+    #[error("the request took longer than its limit of {} s (--request-timeout); the output so far was sent", .limit.as_secs_f64())]
+    Timeout {
+        /// The limit.
+        limit: std::time::Duration,
+    },
     /// The verifier or drafter failed. HTTP 500, gRPC INTERNAL.
     #[error("{0}")]
     Internal(String),
+}
+
+/// How long a client refused as busy should wait before retrying: about one short generation.
+pub const RETRY_AFTER_S: u64 = 1;
+
+impl ServiceError {
+    /// Seconds a client should wait before it retries (HTTP `Retry-After`), for refusals that pass.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            ServiceError::Busy { .. } => Some(RETRY_AFTER_S),
+            _ => None,
+        }
+    }
 }

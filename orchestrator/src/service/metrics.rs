@@ -26,6 +26,23 @@ pub const GENERATIONS: &str = "duet_generations_total";
 /// Tokens generated (counter).
 pub const GENERATED_TOKENS: &str = "duet_generated_tokens_total";
 
+/// Verifier sessions open (gauge; read from the verifier when metrics are scraped).
+pub const VERIFIER_SESSIONS: &str = "duet_verifier_sessions";
+/// Tokens in the verifier's KV cache over every session (gauge).
+pub const VERIFIER_KV_TOKENS: &str = "duet_verifier_kv_tokens";
+/// Decode calls that evaluated verification blocks (counter).
+pub const VERIFIER_DECODES: &str = "duet_verifier_decodes_total";
+/// Verification blocks evaluated (counter): above the decodes when concurrent sessions shared one.
+pub const VERIFIER_BLOCKS: &str = "duet_verifier_blocks_total";
+
+/// Publishes what the verifier reported.
+pub fn record_verifier_usage(u: &duet_verifier::Usage) {
+    metrics::gauge!(VERIFIER_SESSIONS).set(u.sessions as f64);
+    metrics::gauge!(VERIFIER_KV_TOKENS).set(u.kv_tokens as f64);
+    metrics::counter!(VERIFIER_DECODES).absolute(u.verify_decodes);
+    metrics::counter!(VERIFIER_BLOCKS).absolute(u.verify_blocks);
+}
+
 /// Histogram buckets for latencies in seconds: 1 ms to 60 s.
 pub const SECONDS_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];

@@ -27,13 +27,13 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use duet_verifier::TokenId;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 pub use backend::{Backend, DiffusionSetup, FIM_MARKERS, Models, fim_prompt};
-pub use error::ServiceError;
+pub use error::{RETRY_AFTER_S, ServiceError};
 pub use event::{Event, FinishReason, Finished, Usage};
 pub use request::{GenerationRequest, MAX_STOP_LEN, MAX_STOP_STRINGS, Prompt, Sampling};
 pub use stop::{Released, StopMatcher};
@@ -55,7 +55,15 @@ pub struct ServiceConfig {
     pub drafter: DrafterKind,
     /// Block size of requests that do not choose one.
     pub block_size: usize,
+    /// Longest a generation may take from admission (queueing included) before it is stopped with
+    /// [`ServiceError::Timeout`]; `None` for no limit. A request may ask for less
+    /// ([`GenerationRequest::timeout`]), never more.
+    pub request_timeout: Option<Duration>,
 }
+
+/// Default of [`ServiceConfig::request_timeout`]: ten minutes, longer than any generation of the
+/// context's length takes on a small CPU, short enough that a stuck one is freed.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for ServiceConfig {
     fn default() -> Self {
@@ -65,6 +73,7 @@ impl Default for ServiceConfig {
             mode: Mode::Hybrid,
             drafter: DrafterKind::Ngram,
             block_size: 8,
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
 }
@@ -115,15 +124,15 @@ impl GenerationService {
         }
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let load = Arc::new(Load::new(config.max_running, config.max_queued));
         for i in 0..config.max_running {
-            let (backend, rx) = (backend.clone(), rx.clone());
+            let (backend, rx, load) = (backend.clone(), rx.clone(), load.clone());
             std::thread::Builder::new()
                 .name(format!("duet-gen-{i}"))
                 .stack_size(8 << 20)
-                .spawn(move || worker::serve(backend, rx))
+                .spawn(move || worker::serve(backend, rx, load))
                 .map_err(|e| ServiceError::Internal(format!("cannot start a generation thread: {e}")))?;
         }
-        let load = Arc::new(Load::new(config.max_running, config.max_queued));
         Ok(Self { inner: Arc::new(Inner { backend, config, load, jobs: tx }) })
     }
 
@@ -140,9 +149,13 @@ impl GenerationService {
         };
         self.inner.backend.check(mode, drafter)?;
         let block_size = request.block_size.unwrap_or(cfg.block_size);
+        let timeout = match (request.timeout, cfg.request_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let slot = self.inner.load.admit()?;
         let (tx, rx) = unbounded_channel();
-        let job = Job { request, mode, drafter, block_size, events: tx, admitted: Instant::now(), slot };
+        let job = Job { request, mode, drafter, block_size, events: tx, admitted: Instant::now(), timeout, slot };
         self.inner
             .jobs
             .send(job)
@@ -163,6 +176,20 @@ impl GenerationService {
     /// Limits and defaults.
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
+    }
+
+    /// What the local verifier holds now, also published as metrics; `None` when the verifier runs
+    /// in another process. Blocks while the verifier thread finishes its current decode: call it
+    /// from a blocking task.
+    pub fn verifier_usage(&self) -> Option<duet_verifier::Usage> {
+        let usage = self.inner.backend.verifier_usage()?;
+        metrics::record_verifier_usage(&usage);
+        Some(usage)
+    }
+
+    /// Generations cut short because their caller went away (disconnect, dropped stream), so far.
+    pub fn cancelled(&self) -> u64 {
+        self.inner.load.cancelled.load(Ordering::SeqCst)
     }
 
     /// Generations running and queued now.

@@ -96,6 +96,9 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Sampling settings.
     pub sampling: Sampling,
+    /// Longest the generation may take from admission (e.g. the gRPC deadline); `None`: the
+    /// service's limit. The shorter of the two applies.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl GenerationRequest {
@@ -109,6 +112,7 @@ impl GenerationRequest {
             block_size: None,
             stop: Vec::new(),
             sampling: Sampling::default(),
+            timeout: None,
         }
     }
 

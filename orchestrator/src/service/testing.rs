@@ -31,6 +31,8 @@ pub struct ScriptedBackend {
     fail_at: Option<usize>,
     /// Verification calls so far, over every clone.
     verifications: Arc<AtomicUsize>,
+    /// How long every verification takes (a slow verifier).
+    step_delay: std::time::Duration,
 }
 
 /// Holds every prefill until opened, so tests can keep sessions busy deterministically.
@@ -69,7 +71,14 @@ impl ScriptedBackend {
             gate: Gate::new(true),
             fail_at: None,
             verifications: Arc::default(),
+            step_delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// Makes every verification take `delay`.
+    pub fn slowed(mut self, delay: std::time::Duration) -> Self {
+        self.step_delay = delay;
+        self
     }
 
     /// Fails verification once `tokens` output tokens exist.
@@ -193,6 +202,7 @@ impl VerifierSession for ScriptedSession {
 
     fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
         self.backend.verifications.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.backend.step_delay);
         if self.pending.is_none() {
             return Err(VerifierError::InvalidRequest("verify before prefill".into()));
         }

@@ -167,3 +167,39 @@ fn wait_idle(svc: &GenerationService) {
     }
     panic!("the service never became idle: {:?}", svc.load());
 }
+
+#[test]
+fn a_generation_past_its_time_limit_ends_with_a_timeout_after_its_output_so_far() {
+    let backend = ScriptedBackend::new("slow", &"x".repeat(400), 512).slowed(Duration::from_millis(10));
+    let config = ServiceConfig { request_timeout: Some(Duration::from_millis(300)), ..ServiceConfig::default() };
+    let svc = GenerationService::start(Arc::new(backend), config).expect("service");
+    let mut r = request("x");
+    r.mode = Some(Mode::Ar);
+    let ev = events(svc.submit(r).expect("admitted"));
+    let streamed = ev.iter().filter(|e| matches!(e, Event::Delta { .. })).count();
+    assert!(streamed > 0 && streamed < 400, "{streamed} deltas");
+    match ev.last() {
+        Some(Event::Error(e)) => assert_eq!(e, &ServiceError::Timeout { limit: Duration::from_millis(300) }),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // The generation's place is freed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while svc.load().running > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(svc.load(), LoadSnapshot { running: 0, queued: 0 });
+}
+
+#[test]
+fn a_request_may_ask_for_a_shorter_limit_than_the_service() {
+    let backend = ScriptedBackend::new("slow", &"x".repeat(400), 512).slowed(Duration::from_millis(10));
+    let svc = GenerationService::start(Arc::new(backend), ServiceConfig::default()).expect("service");
+    let mut r = request("x");
+    r.mode = Some(Mode::Ar);
+    r.timeout = Some(Duration::from_millis(200));
+    let ev = events(svc.submit(r).expect("admitted"));
+    match ev.last() {
+        Some(Event::Error(e)) => assert_eq!(e, &ServiceError::Timeout { limit: Duration::from_millis(200) }),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}

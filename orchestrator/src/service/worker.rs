@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use duet_verifier::TokenId;
 use tokio::sync::mpsc::UnboundedSender;
@@ -27,6 +27,8 @@ pub(crate) struct Job {
     pub block_size: usize,
     pub events: UnboundedSender<Event>,
     pub admitted: Instant,
+    /// Longest the generation may take from admission.
+    pub timeout: Option<Duration>,
     pub slot: Slot,
 }
 
@@ -37,11 +39,13 @@ pub(crate) struct Load {
     pub queued: AtomicUsize,
     pub max_running: usize,
     pub max_queued: usize,
+    /// Generations cut short because their caller went away, since the start.
+    pub cancelled: std::sync::atomic::AtomicU64,
 }
 
 impl Load {
     pub fn new(max_running: usize, max_queued: usize) -> Self {
-        Self { running: AtomicUsize::new(0), queued: AtomicUsize::new(0), max_running, max_queued }
+        Self { running: AtomicUsize::new(0), queued: AtomicUsize::new(0), max_running, max_queued, cancelled: Default::default() }
     }
 
     /// Takes a place in the queue, or refuses when every session is busy and the queue is full.
@@ -100,7 +104,7 @@ impl Drop for Slot {
 }
 
 /// Thread body: takes jobs until the service is dropped.
-pub(crate) fn serve(backend: Arc<dyn Backend>, jobs: Arc<Mutex<Receiver<Job>>>) {
+pub(crate) fn serve(backend: Arc<dyn Backend>, jobs: Arc<Mutex<Receiver<Job>>>, load: Arc<Load>) {
     loop {
         let job = {
             let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -116,10 +120,14 @@ pub(crate) fn serve(backend: Arc<dyn Backend>, jobs: Arc<Mutex<Receiver<Job>>>) 
                 let _ = events.send(Event::Finished(finished));
                 label
             }
-            Ok(Ok(None)) => "cancelled",
+            Ok(Ok(None)) => {
+                load.cancelled.fetch_add(1, Ordering::SeqCst);
+                "cancelled"
+            }
             Ok(Err(e)) => {
+                let label = if matches!(e, ServiceError::Timeout { .. }) { "timeout" } else { "error" };
                 let _ = events.send(Event::Error(e));
-                "error"
+                label
             }
             Err(panic) => {
                 let what = panic
@@ -161,6 +169,12 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
     if job.events.is_closed() {
         return Ok(None);
     }
+    if let Some(limit) = job.timeout
+        && job.admitted.elapsed() >= limit
+    {
+        // It waited in the queue for all of its time.
+        return Err(ServiceError::Timeout { limit });
+    }
     let text = match &job.request.prompt {
         Prompt::Text(t) => t.clone(),
         Prompt::Chat(messages) => backend.chat_prompt(messages)?,
@@ -195,6 +209,7 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
 
     let label = drafter_label(drafter_kind);
     let mut out = Output::new(backend, &job.request.stop, &job.events, job.admitted);
+    out.deadline = job.timeout.map(|t| job.admitted + t);
     let is_eog = |t: TokenId| backend.is_eog(t);
     let started = Instant::now();
     let (result, counted) = {
@@ -258,6 +273,9 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
             stats.finish(started.elapsed().as_secs_f64(), out.tokens);
             (FinishReason::StopSequence, stats)
         }
+        Err(EngineError::Cancelled) if out.timed_out => {
+            return Err(ServiceError::Timeout { limit: job.timeout.unwrap_or_default() });
+        }
         Err(EngineError::Cancelled) => return Ok(None),
         Err(EngineError::Invalid(msg)) => return Err(ServiceError::Invalid(msg)),
         Err(EngineError::Verifier(e)) => return Err(ServiceError::Internal(format!("the verifier failed: {e}"))),
@@ -283,6 +301,9 @@ struct Output<'a> {
     admitted: Instant,
     last: Option<Instant>,
     first_token_s: Option<f64>,
+    /// When the generation must stop, and whether it did for that.
+    deadline: Option<Instant>,
+    timed_out: bool,
 }
 
 impl<'a> Output<'a> {
@@ -297,6 +318,8 @@ impl<'a> Output<'a> {
             admitted,
             last: None,
             first_token_s: None,
+            deadline: None,
+            timed_out: false,
         }
     }
 
@@ -336,7 +359,8 @@ impl<'a> Output<'a> {
         self.tokens += used;
         metrics::counter!(m::GENERATED_TOKENS).increment(used as u64);
         let listening = self.events.send(Event::Delta { text, tokens: toks[..used].to_vec() }).is_ok();
-        listening && !self.stopped
+        self.timed_out = !self.stopped && self.deadline.is_some_and(|d| now >= d);
+        listening && !self.stopped && !self.timed_out
     }
 
     /// The text still held once the engine has finished.
