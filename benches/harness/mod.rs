@@ -19,6 +19,7 @@
 
 mod compare;
 mod cost;
+pub mod load;
 mod metrics;
 mod modes;
 mod plots;

@@ -15,11 +15,26 @@ use super::modes::{BenchMode, Transport};
 use super::runner::PreparedPrompt;
 use super::sample::{DeliveryClock, Deliveries, Output, Sample, rate};
 
+/// A non-success HTTP answer, kept typed so callers can tell a busy server (429) from a failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("POST {url} answered {status}: {body}")]
+pub struct HttpStatus {
+    /// The URL posted to.
+    pub url: String,
+    /// The status code.
+    pub status: u16,
+    /// The `Retry-After` header, in seconds.
+    pub retry_after_s: Option<u64>,
+    /// The answer's body.
+    pub body: String,
+}
+
 /// A blocking client of one server.
 #[derive(Debug, Clone)]
 pub struct ServerClient {
     agent: ureq::Agent,
     url: String,
+    model: String,
 }
 
 /// What one streamed completion returned.
@@ -37,6 +52,8 @@ pub struct Completion {
     pub rejected_prediction_tokens: Option<usize>,
     /// Timing of the events that carried text.
     pub deliveries: Deliveries,
+    /// Whether the stream ended with `data: [DONE]` (rather than the connection closing early).
+    pub done: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,14 +95,34 @@ impl ServerClient {
             .timeout_global(Some(Duration::from_secs(3600)))
             .build()
             .into();
-        Self { agent, url: format!("{}/v1/completions", base.trim_end_matches('/')) }
+        Self { agent, url: format!("{}/v1/completions", base.trim_end_matches('/')), model: "duet".into() }
+    }
+
+    /// The same client, naming `model` in its requests (the server's `--served-model-name`).
+    pub fn with_model(mut self, model: &str) -> Self {
+        self.model = model.to_owned();
+        self
+    }
+
+    /// The first model the server lists at `/v1/models`.
+    pub fn served_model(base: &str) -> anyhow::Result<String> {
+        let url = format!("{}/v1/models", base.trim_end_matches('/'));
+        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
+        let body: serde_json::Value = agent
+            .get(&url)
+            .call()
+            .with_context(|| format!("GET {url}"))?
+            .into_body()
+            .read_json()
+            .with_context(|| format!("GET {url}: not JSON"))?;
+        body["data"][0]["id"].as_str().map(str::to_owned).with_context(|| format!("GET {url} lists no model"))
     }
 
     /// Streams one greedy completion of `prompt` in `mode`.
     pub fn complete(&self, mode: BenchMode, prompt: &str, max_tokens: usize, block_size: usize) -> anyhow::Result<Completion> {
         let (mode_field, drafter) = mode.server_fields();
         let mut body = json!({
-            "model": "duet",
+            "model": self.model,
             "prompt": prompt,
             "max_tokens": max_tokens,
             "temperature": 0.0,
@@ -100,11 +137,12 @@ impl ServerClient {
         let mut clock = DeliveryClock::start();
         let response = self.agent.post(&self.url).send_json(&body).with_context(|| format!("POST {}", self.url))?;
         let status = response.status();
+        let retry_after_s = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
         let mut reader = BufReader::new(response.into_body().into_reader());
         if !status.is_success() {
             let mut text = String::new();
             let _ = std::io::Read::read_to_string(&mut reader, &mut text);
-            bail!("POST {} answered {status}: {}", self.url, text.trim());
+            return Err(HttpStatus { url: self.url.clone(), status: status.as_u16(), retry_after_s, body: text.trim().to_owned() }.into());
         }
         let mut out = Completion {
             text: String::new(),
@@ -113,6 +151,7 @@ impl ServerClient {
             accepted_prediction_tokens: None,
             rejected_prediction_tokens: None,
             deliveries: Deliveries { ttft_s: 0.0, e2e_s: 0.0, gaps_s: Vec::new(), count: 0 },
+            done: false,
         };
         let mut line = String::new();
         loop {
@@ -124,6 +163,7 @@ impl ServerClient {
             let Some(data) = line.trim_end_matches(['\r', '\n']).strip_prefix("data:") else { continue };
             let data = data.trim_start();
             if data == "[DONE]" {
+                out.done = true;
                 break;
             }
             let chunk: Chunk = serde_json::from_str(data).with_context(|| format!("an event of {} is not a completion chunk: {data}", self.url))?;

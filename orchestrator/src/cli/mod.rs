@@ -48,6 +48,10 @@ enum Command {
     /// verifier and prompts: speed, acceptance, latency; fails if a greedy hybrid output differs
     /// from ar's.
     Bench(crate::bench::BenchArgs),
+    /// Many concurrent streaming clients against `duet serve` (started here on a free loopback port
+    /// unless --server is given) for a bounded time: checks every greedy answer against its
+    /// verifier-only reference and reports throughput, latency percentiles and server memory.
+    Loadtest(crate::bench::load::LoadArgs),
     /// The drafter as a gRPC service (`duet drafter serve`).
     Drafter {
         #[command(subcommand)]
@@ -77,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::TrainDrafter(args) => train::run(args),
         Command::EvalDrafter(args) => eval::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Loadtest(args) => crate::bench::load::run(args),
         Command::Drafter { command } => drafter_serve::run(command),
         Command::Verifier { command } => verifier_serve::run(command),
         Command::Orchestrator { command } => orchestrator_serve::run(command),

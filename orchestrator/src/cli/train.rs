@@ -124,7 +124,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if args.stage == Stage::Data {
         return Ok(());
     }
-    anyhow::ensure!(args.hidden % 64 == 0 && args.hidden >= 128, "`--hidden` must be a multiple of 64, at least 128, got {}", args.hidden);
+    anyhow::ensure!(args.hidden.is_multiple_of(64) && args.hidden >= 128, "`--hidden` must be a multiple of 64, at least 128, got {}", args.hidden);
     anyhow::ensure!((2..=64).contains(&args.block), "`--block` must be between 2 and 64, got {}", args.block);
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(super::options::CONDITIONED_DRAFTER));
     let state = trainer::train(&TrainOptions {
@@ -164,7 +164,7 @@ fn run_standalone(args: &TrainArgs) -> anyhow::Result<()> {
     if args.stage == Stage::Data {
         return Ok(());
     }
-    anyhow::ensure!(args.hidden % 64 == 0 && args.hidden >= 128, "`--hidden` must be a multiple of 64, at least 128, got {}", args.hidden);
+    anyhow::ensure!(args.hidden.is_multiple_of(64) && args.hidden >= 128, "`--hidden` must be a multiple of 64, at least 128, got {}", args.hidden);
     anyhow::ensure!((2..=64).contains(&args.block), "`--block` must be between 2 and 64, got {}", args.block);
     anyhow::ensure!((16..=2048).contains(&args.context), "`--context` must be between 16 and 2048, got {}", args.context);
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(super::options::SHIPPED_DRAFTER));
