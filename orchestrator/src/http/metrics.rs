@@ -23,6 +23,7 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), m::SECONDS_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(m::ACCEPTED_LENGTH.into()), m::TOKENS_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(m::DRAFT_LENGTH.into()), m::TOKENS_BUCKETS))
                 .and_then(|b| b.install_recorder())
                 .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))
         })

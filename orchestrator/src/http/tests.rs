@@ -346,6 +346,7 @@ async fn metrics_expose_requests_latencies_and_drafts() {
         "duet_drafted_tokens_total",
         "duet_accepted_tokens_total",
         "duet_accepted_length_tokens_bucket",
+        "duet_draft_length_tokens_bucket",
         "duet_drafter_step_seconds_bucket",
         "duet_verifier_step_seconds_bucket",
         "duet_sessions_in_flight",

@@ -12,6 +12,9 @@ pub const DRAFTED_TOKENS: &str = "duet_drafted_tokens_total";
 pub const ACCEPTED_TOKENS: &str = "duet_accepted_tokens_total";
 /// Draft tokens accepted per verified block (histogram, by drafter).
 pub const ACCEPTED_LENGTH: &str = "duet_accepted_length_tokens";
+/// Draft tokens sent per round of a hybrid generation, 0 when the round was a plain step (histogram,
+/// by drafter): what the cost-aware draft length chose.
+pub const DRAFT_LENGTH: &str = "duet_draft_length_tokens";
 /// Wall time of one drafter proposal, in seconds (histogram, by drafter).
 pub const DRAFTER_STEP: &str = "duet_drafter_step_seconds";
 /// Wall time of one verifier round (AR step or block verification), in seconds (histogram).

@@ -18,11 +18,14 @@ pub(crate) struct TimedSession<'a> {
     pub drafted: usize,
     pub accepted: usize,
     pub verifier_s: f64,
+    /// Whether rounds may carry drafts (hybrid mode): then each round's draft length is recorded,
+    /// zero included (the cost-aware length chose a plain step).
+    pub hybrid: bool,
 }
 
 impl<'a> TimedSession<'a> {
-    pub fn new(inner: &'a mut dyn VerifierSession, drafter: &'static str) -> Self {
-        Self { inner, drafter, rounds: 0, drafted: 0, accepted: 0, verifier_s: 0.0 }
+    pub fn new(inner: &'a mut dyn VerifierSession, drafter: &'static str, hybrid: bool) -> Self {
+        Self { inner, drafter, rounds: 0, drafted: 0, accepted: 0, verifier_s: 0.0, hybrid }
     }
 }
 
@@ -45,6 +48,9 @@ impl VerifierSession for TimedSession<'_> {
         self.verifier_s += dt;
         self.rounds += 1;
         metrics::histogram!(m::VERIFIER_STEP).record(dt);
+        if self.hybrid {
+            metrics::histogram!(m::DRAFT_LENGTH, "drafter" => self.drafter).record(draft.len() as f64);
+        }
         if !draft.is_empty() {
             self.drafted += draft.len();
             self.accepted += v.accepted;

@@ -221,7 +221,7 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
                 (engine::generate_unverified(d, &prompt, &params, ctx, &is_eog, &mut on_tokens), None)
             }
             Some(s) => {
-                let mut timed = TimedSession::new(s.as_mut(), label);
+                let mut timed = TimedSession::new(s.as_mut(), label, job.mode == Mode::Hybrid);
                 let r = engine::generate(
                     &mut timed,
                     timed_drafter.as_mut().map(|d| d as &mut dyn Drafter),
