@@ -6,7 +6,7 @@ mod auth;
 mod error;
 mod handlers;
 pub mod metrics;
-mod request;
+pub(crate) mod request;
 mod response;
 mod stream;
 
