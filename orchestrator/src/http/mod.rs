@@ -88,3 +88,5 @@ pub fn router(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod validation_tests;
