@@ -39,3 +39,5 @@ pub use verifier_client::{RemoteVerifierSession, RemoteVerifiers};
 pub use verifier_service::{VerifierService, VerifierServiceConfig};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod validation_tests;
