@@ -50,3 +50,22 @@ fn oversized_drafter_input_names_the_field_and_the_limit() {
         assert!(s.message().starts_with("`previous.draft` must hold at most 256 tokens (a block), got 257"), "{}", s.message());
     });
 }
+
+#[test]
+fn an_oversized_or_nan_generate_request_names_the_field_and_the_limit() {
+    use super::orchestrator_service::to_request;
+    let prompt = |p: String| pb::GenerateRequest { input: Some(pb::generate_request::Input::Prompt(p)), ..Default::default() };
+    let s = to_request(prompt("x".repeat(crate::service::MAX_PROMPT_BYTES + 1))).expect_err("oversized");
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().starts_with("`prompt` must be at most 33554432 bytes of text"), "{}", s.message());
+    let sampling = |temperature, top_p| Some(pb::SamplingParams { temperature, top_p, ..Default::default() });
+    for (r, needle) in [
+        (pb::GenerateRequest { sampling: sampling(f32::NAN, 0.0), ..prompt("x".into()) }, "`temperature` must be between 0 and 2, got NaN"),
+        (pb::GenerateRequest { sampling: sampling(0.0, f32::INFINITY), ..prompt("x".into()) }, "`top_p` must be in (0, 1], got inf"),
+        (pb::GenerateRequest { stop: vec!["s".repeat(300)], ..prompt("x".into()) }, "`stop` strings are at most 256 bytes"),
+    ] {
+        let s = to_request(r).expect_err(needle);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().starts_with(needle), "{needle}: {}", s.message());
+    }
+}
