@@ -145,28 +145,29 @@ async fn deeply_nested_json_is_400_not_a_stack_overflow() {
 /// Whatever the body, the server answers with a 2xx or a 4xx in OpenAI's error shape: no 5xx.
 #[test]
 fn no_body_makes_the_server_answer_5xx() {
+    use crate::props::requests::{chat_body, completion_body};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let app = rt.block_on(async { app() });
-    let field = prop::sample::select(vec![
-        "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "model", "stream", "seed", "block_size",
-        "mode", "n", "suffix",
-    ]);
-    let body = prop::collection::vec((field, crate::props::any_json()), 0..6).prop_map(|kv| {
-        let mut body: serde_json::Map<String, Value> = kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        body.entry("max_tokens").or_insert(json!(4));
-        Value::Object(body).to_string().into_bytes()
-    });
-    let bytes = prop_oneof![body, prop::collection::vec(any::<u8>(), 0..200)];
-    let uri = prop::sample::select(vec!["/v1/completions", "/v1/chat/completions"]);
+    let json = |uri: &'static str, body: serde_json::Map<String, Value>| (uri, Value::Object(body).to_string().into_bytes());
+    let request = prop_oneof![
+        completion_body().prop_map(move |b| json("/v1/completions", b)),
+        chat_body().prop_map(move |b| json("/v1/chat/completions", b)),
+        (prop::sample::select(vec!["/v1/completions", "/v1/chat/completions"]), prop::collection::vec(any::<u8>(), 0..200)),
+    ];
     let mut runner = TestRunner::new(Config { cases: 128, ..Config::default() });
+    let answered = std::cell::RefCell::new([0usize; 2]);
     runner
-        .run(&(bytes, uri), |(bytes, uri)| {
+        .run(&request, |(uri, bytes)| {
             let (status, v) = rt.block_on(send(&app, uri, Body::from(bytes)));
             prop_assert!(status.is_success() || status.is_client_error(), "{status}: {v}");
             if status.is_client_error() {
                 prop_assert_eq!(&v["error"]["type"], "invalid_request_error", "{}", v);
             }
+            answered.borrow_mut()[usize::from(status.is_success())] += 1;
             Ok(())
         })
         .expect("property");
+    // The bodies reach generation as well as refusals.
+    let [refused, served] = *answered.borrow();
+    assert!(refused > 0 && served > 0, "{refused} refused, {served} served");
 }

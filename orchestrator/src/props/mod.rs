@@ -4,7 +4,7 @@
 //! request or a 4xx / INVALID_ARGUMENT naming the field at fault.
 
 mod grpc;
-mod requests;
+pub(crate) mod requests;
 mod streams;
 
 use proptest::prelude::*;
@@ -30,19 +30,13 @@ pub fn any_json() -> impl Strategy<Value = Value> {
     })
 }
 
-/// A JSON object from `fields`: each field absent, any value, or a plausible one for it.
+/// A JSON object from `fields` (the first is the required one): usually the required field and a
+/// few others, each of any value or (more often) a plausible one for it, sometimes an unknown field.
 pub fn body_of(fields: &'static [&'static str], plausible: fn(&str) -> BoxedStrategy<Value>) -> impl Strategy<Value = Map<String, Value>> {
-    let per_field: Vec<_> = fields
-        .iter()
-        .map(|&f| {
-            prop_oneof![
-                3 => Just(None),
-                1 => any_json().prop_map(Some),
-                3 => plausible(f).prop_map(Some),
-            ]
-            .prop_map(move |v| v.map(|v| (f.to_owned(), v)))
-        })
-        .collect();
-    (per_field, prop::option::weighted(0.1, (".{0,10}", any_json())))
-        .prop_map(|(fields, extra)| fields.into_iter().flatten().chain(extra).collect())
+    let value = move |f: &'static str| prop_oneof![1 => any_json(), 4 => plausible(f)].prop_map(move |v| (f.to_owned(), v));
+    let required = prop::option::weighted(0.9, value(fields[0]));
+    let others = prop::sample::subsequence(fields[1..].to_vec(), 0..=4)
+        .prop_flat_map(move |chosen| chosen.into_iter().map(value).collect::<Vec<_>>());
+    (required, others, prop::option::weighted(0.05, (".{0,10}", any_json())))
+        .prop_map(|(required, others, extra)| required.into_iter().chain(others).chain(extra).collect())
 }

@@ -72,6 +72,16 @@ fn plausible(field: &str) -> BoxedStrategy<Value> {
     }
 }
 
+/// `/v1/completions` bodies: fields absent, of any value, or plausible.
+pub(crate) fn completion_body() -> impl Strategy<Value = Map<String, Value>> {
+    body_of(COMPLETION, plausible)
+}
+
+/// `/v1/chat/completions` bodies: fields absent, of any value, or plausible.
+pub(crate) fn chat_body() -> impl Strategy<Value = Map<String, Value>> {
+    body_of(CHAT, plausible)
+}
+
 /// The outcome every input must have: a request the service accepts, or a 4xx naming a field (one the
 /// client sent, or a required one), or one about the body as a whole.
 fn well_behaved(result: Result<Parsed, ApiError>, body: Option<&Map<String, Value>>) -> Result<(), TestCaseError> {
