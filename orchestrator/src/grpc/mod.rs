@@ -19,6 +19,7 @@
 //! runs on dedicated threads, never on tokio workers.
 
 pub mod convert;
+mod decode_errors;
 pub mod drafter_client;
 pub mod drafter_factory;
 pub mod drafter_service;
