@@ -19,3 +19,6 @@ pub mod service;
 pub mod text;
 pub mod training;
 pub mod suite;
+
+#[cfg(test)]
+mod props;

@@ -8,18 +8,40 @@ pub struct Utf8Stream {
 }
 
 impl Utf8Stream {
-    /// Adds bytes and returns the text that is now complete.
+    /// Adds bytes and returns the text that is now complete. Invalid sequences are replaced one
+    /// U+FFFD each, exactly as `String::from_utf8_lossy` of all the bytes would, whatever the splits:
+    /// only an incomplete character at the very end is held back.
     pub fn push(&mut self, bytes: &[u8]) -> String {
         self.held.extend_from_slice(bytes);
-        let valid = match std::str::from_utf8(&self.held) {
-            Ok(_) => self.held.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            // An invalid sequence that no later byte can complete: emit it replaced, keep nothing.
-            Err(_) => self.held.len(),
-        };
-        let rest = self.held.split_off(valid);
-        let done = std::mem::replace(&mut self.held, rest);
-        String::from_utf8_lossy(&done).into_owned()
+        let mut out = String::new();
+        let mut start = 0;
+        loop {
+            match std::str::from_utf8(&self.held[start..]) {
+                Ok(s) => {
+                    out.push_str(s);
+                    start = self.held.len();
+                    break;
+                }
+                Err(e) => {
+                    let valid = start + e.valid_up_to();
+                    out.push_str(&String::from_utf8_lossy(&self.held[start..valid]));
+                    match e.error_len() {
+                        // A character that later bytes may complete: hold it.
+                        None => {
+                            start = valid;
+                            break;
+                        }
+                        // A sequence no later byte can complete: replace it, go on after it.
+                        Some(n) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            start = valid + n;
+                        }
+                    }
+                }
+            }
+        }
+        self.held.drain(..start);
+        out
     }
 
     /// Whatever is still held at the end, with incomplete characters replaced.
@@ -46,6 +68,17 @@ mod tests {
     fn replaces_invalid_bytes_instead_of_stalling() {
         let mut s = Utf8Stream::default();
         assert_eq!(s.push(&[b'a', 0xff, b'b']), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn an_invalid_byte_before_a_split_character_does_not_swallow_it() {
+        // Found by the property test: the incomplete "€" after 0xff used to be replaced too.
+        let mut s = Utf8Stream::default();
+        let e = "€".as_bytes();
+        let mut out = s.push(&[0xff, e[0], e[1]]);
+        out += &s.push(&e[2..]);
+        out += &s.finish();
+        assert_eq!(out, "\u{fffd}€");
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub mod speculative;
 pub mod vocab;
 mod worker;
 
+#[cfg(test)]
+mod acceptance_props;
+
 pub use config::VerifierConfig;
 pub use error::VerifierError;
 pub use greedy::Choice;

@@ -8,6 +8,7 @@ use clap::Args;
 use duet_verifier::{ChatMessage, SamplingParams, TokenId};
 use serde::Serialize;
 
+use super::flags::flag_error;
 use super::options::{DiffusionArgs, ModelArgs};
 use crate::drafters::{ArModelDrafter, DiffusionDrafter, DrafterKind, NgramDrafter};
 use crate::engine::{self, DraftPolicy, Drafter, GenerateParams, Mode, Stats, StopReason};
@@ -87,7 +88,7 @@ pub enum DraftLength {
 /// The sampling settings of the flags, checked; the error names the flag and its limit.
 fn sampling(args: &GenerateArgs) -> anyhow::Result<SamplingParams> {
     let s = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
-    s.validate().map_err(|e| anyhow::anyhow!("{e} (--temperature / --top-p)"))?;
+    s.validate().map_err(|e| flag_error(e, &[("temperature", "--temperature"), ("top_p", "--top-p")]))?;
     if s.is_greedy() && (s.top_k != 0 || s.top_p != 1.0) {
         bail!("--top-k and --top-p only apply when sampling: give --temperature above 0 (it is 0, greedy)");
     }
@@ -128,12 +129,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         sampling,
         draft_policy: DraftPolicy::Fixed,
     };
-    params.validate().map_err(|e| anyhow::anyhow!("{e} (--max-tokens / --block-size)"))?;
+    params.validate().map_err(|e| flag_error(e, &[("max_tokens", "--max-tokens"), ("block_size", "--block-size")]))?;
     let cost_aware = args.mode == Mode::Hybrid && args.draft_length == DraftLength::CostAware;
 
     let uses_diffusion = args.mode == Mode::Diffusion || (args.mode == Mode::Hybrid && args.drafter == DrafterKind::Diffusion);
-    let diffusion_model = if uses_diffusion { Some(args.diffusion.load_model()?) } else { None };
+    // Every flag is checked before a model loads.
     let sampler = args.diffusion.sampler()?;
+    let diffusion_model = if uses_diffusion { Some(args.diffusion.load_model()?) } else { None };
     let conditioned = diffusion_model.as_ref().is_some_and(|m| m.feature_dim().is_some());
     if args.mode == Mode::Diffusion && conditioned {
         bail!(

@@ -3,6 +3,7 @@
 mod costs;
 mod drafter_serve;
 mod eval;
+mod flags;
 mod generate;
 mod grpc_common;
 mod models;
@@ -70,9 +71,13 @@ enum Command {
     },
 }
 
-/// Parses the command line, runs it, and turns any error into one line on stderr and exit code 1.
+/// Parses the command line, runs it, and turns any error (a refused command line too) into one line
+/// on stderr and exit code 1.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return flags::usage_error(e),
+    };
     init_tracing();
     let result = match cli.command {
         Command::Models { command } => models::run(command),

@@ -39,6 +39,9 @@ pub struct ModelArgs {
     pub threads: Option<u32>,
 }
 
+/// Verifier settings and the flags that set them.
+const MODEL_FLAGS: &[(&str, &str)] = &[("ctx_size", "--ctx-size"), ("threads", "--threads"), ("max_sessions", "--max-sessions")];
+
 impl ModelArgs {
     /// The verifier model path, defaulted.
     pub fn verifier_path(&self) -> PathBuf {
@@ -67,6 +70,10 @@ impl ModelArgs {
         let mut cfg = self.config(path.clone(), max_sessions);
         cfg.features = features;
         Verifier::load(cfg)
+            .map_err(|e| match e {
+                duet_verifier::VerifierError::Config(_) => super::flags::flag_error(e, MODEL_FLAGS),
+                e => e.into(),
+            })
             .with_context(|| format!("loading the verifier from {}", path.display()))
     }
 
@@ -107,6 +114,15 @@ pub struct DiffusionArgs {
     pub draft_hints: HintPolicy,
 }
 
+/// The diffusion sampler's fields and the flags that set them.
+pub const DRAFT_FLAGS: &[(&str, &str)] = &[
+    ("steps", "--draft-steps"),
+    ("threshold", "--draft-threshold"),
+    ("temperature", "--draft-temperature"),
+    ("guidance", "--draft-guidance"),
+    ("block", "--block-size"),
+];
+
 /// Folder of the drafter checkpoint shipped in the repository.
 pub const SHIPPED_DRAFTER: &str = "drafter/checkpoints/default";
 /// Where the conditioned (DFlash-style) recipe writes its checkpoint by default; not shipped.
@@ -135,6 +151,9 @@ impl DiffusionArgs {
 
     /// The sampler settings, checked.
     pub fn sampler(&self) -> anyhow::Result<SamplerConfig> {
+        if self.draft_steps == 0 {
+            anyhow::bail!("`draft_steps` must be at least 1, got 0 (--draft-steps)");
+        }
         let schedule = match self.draft_threshold {
             Some(threshold) => Schedule::Threshold { threshold },
             None => Schedule::LowConfidence,
@@ -147,7 +166,7 @@ impl DiffusionArgs {
             seed: self.draft_seed,
             guidance: self.draft_guidance,
         };
-        s.validate(s.steps.max(1)).context("--draft-steps / --draft-threshold / --draft-temperature / --draft-guidance")?;
+        s.validate(s.steps.max(1)).map_err(|e| super::flags::flag_error(e, DRAFT_FLAGS))?;
         Ok(s)
     }
 }

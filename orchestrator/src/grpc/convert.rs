@@ -6,7 +6,7 @@ use duet_proto::v1 as pb;
 use duet_verifier::{Choice, TokenId, Verdict, VerifierError};
 use tonic::{Code, Status};
 
-use crate::engine::{PreviousBlock, Stats, StopReason};
+use crate::engine::{MAX_BLOCK_SIZE, PreviousBlock, Stats, StopReason};
 
 /// Longest session id a client may choose.
 pub const MAX_SESSION_ID_LEN: usize = 128;
@@ -101,13 +101,25 @@ pub fn previous_to_pb(p: &PreviousBlock) -> pb::PreviousBlock {
 
 /// The previous round's block from the wire, checked.
 pub fn previous_from_pb(p: pb::PreviousBlock) -> Result<PreviousBlock, Status> {
+    check_previous(&p)?;
+    Ok(PreviousBlock { draft: p.draft, accepted: p.accepted as usize, correction: p.correction })
+}
+
+/// Checks the previous round's block: at most [`MAX_BLOCK_SIZE`] tokens, `accepted` within it.
+pub fn check_previous(p: &pb::PreviousBlock) -> Result<(), Status> {
+    if p.draft.len() > MAX_BLOCK_SIZE {
+        return Err(invalid(
+            "previous.draft",
+            format!("must hold at most {MAX_BLOCK_SIZE} tokens (a block), got {}", p.draft.len()),
+        ));
+    }
     if p.accepted as usize > p.draft.len() {
         return Err(invalid(
             "previous.accepted",
             format!("must be at most the block's {} tokens, got {}", p.draft.len(), p.accepted),
         ));
     }
-    Ok(PreviousBlock { draft: p.draft, accepted: p.accepted as usize, correction: p.correction })
+    Ok(())
 }
 
 /// Checks that every token id is inside a vocabulary of `n_vocab` ids (0: no check).

@@ -18,10 +18,14 @@ use duet_verifier::TokenId;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-use super::convert::{check_session_id, check_tokens, invalid, previous_from_pb};
+use super::convert::{check_previous, check_session_id, check_tokens, invalid, previous_from_pb};
 use super::server::MAX_MESSAGE_BYTES;
 use crate::drafters::DiffusionDrafter;
 use crate::engine::{DraftError, DraftRequest, Drafter, Features, MAX_BLOCK_SIZE};
+
+/// Most context tokens a drafter session holds: a client cannot grow a session's memory without
+/// bound by sending more and more tokens. Above any verifier's context (Qwen2.5 goes to 131,072).
+pub const MAX_CONTEXT_TOKENS: usize = 1 << 17;
 
 /// Limits of a drafter server.
 #[derive(Debug, Clone)]
@@ -148,10 +152,14 @@ impl DrafterRpc for DrafterService {
                 format!("must hold whole rows of `dim` floats, got {} floats of dim {}", f.data.len(), f.dim),
             ));
         }
-        if let Some(p) = &req.previous
-            && p.accepted as usize > p.draft.len()
-        {
-            return Err(invalid("previous.accepted", format!("must be at most {}, got {}", p.draft.len(), p.accepted)));
+        if let Some(p) = &req.previous {
+            check_previous(p)?;
+        }
+        if req.new_tokens.len() > MAX_CONTEXT_TOKENS {
+            return Err(invalid(
+                "new_tokens",
+                format!("must hold at most {MAX_CONTEXT_TOKENS} tokens, got {}", req.new_tokens.len()),
+            ));
         }
         let (reply, rx) = oneshot::channel();
         self.jobs.try_send(Job::Draft { req, reply }).map_err(|e| match e {
@@ -286,6 +294,15 @@ impl Worker {
             )));
         }
         check_tokens("new_tokens", &req.new_tokens, s.n_vocab)?;
+        if keep + req.new_tokens.len() > MAX_CONTEXT_TOKENS {
+            return Err(invalid(
+                "new_tokens",
+                format!(
+                    "would grow the session's context to {} tokens; at most {MAX_CONTEXT_TOKENS}",
+                    keep + req.new_tokens.len()
+                ),
+            ));
+        }
         s.context.truncate(keep);
         s.context.extend_from_slice(&req.new_tokens);
         if s.context.is_empty() {

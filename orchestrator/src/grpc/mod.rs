@@ -19,6 +19,7 @@
 //! runs on dedicated threads, never on tokio workers.
 
 pub mod convert;
+mod decode_errors;
 pub mod drafter_client;
 pub mod drafter_factory;
 pub mod drafter_service;
@@ -39,3 +40,5 @@ pub use verifier_client::{RemoteVerifierSession, RemoteVerifiers};
 pub use verifier_service::{VerifierService, VerifierServiceConfig};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod validation_tests;

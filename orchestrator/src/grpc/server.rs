@@ -81,7 +81,7 @@ impl GrpcServer {
     {
         self.health.set_service_status(S::NAME, ServingStatus::NotServing).await;
         self.services.push(S::NAME);
-        self.routes = self.routes.add_service(svc);
+        self.routes = self.routes.add_service(super::decode_errors::DecodeErrorsAreInvalid(svc));
         self
     }
 

@@ -21,6 +21,7 @@ use super::convert::{check_session_id, check_tokens, invalid, status_from_verifi
 use super::drafter_client::new_session_id;
 use super::server::MAX_MESSAGE_BYTES;
 use crate::engine::MAX_BLOCK_SIZE;
+use crate::service::MAX_PROMPT_BYTES;
 
 /// Limits of a verifier server, and what its model was loaded with.
 #[derive(Debug, Clone)]
@@ -184,6 +185,9 @@ impl VerifierRpc for VerifierService {
     async fn tokenize(&self, request: Request<pb::TokenizeRequest>) -> Result<Response<pb::TokenizeResponse>, Status> {
         let v = self.verifier()?.clone();
         let r = request.into_inner();
+        if r.text.len() > MAX_PROMPT_BYTES {
+            return Err(invalid("text", format!("must be at most {MAX_PROMPT_BYTES} bytes, got {}", r.text.len())));
+        }
         let tokens = blocking(move || v.tokenize(&r.text, r.parse_special)).await?;
         Ok(Response::new(pb::TokenizeResponse { tokens }))
     }
@@ -201,6 +205,10 @@ impl VerifierRpc for VerifierService {
             .collect();
         if messages.is_empty() {
             return Err(invalid("messages", "must hold at least one message"));
+        }
+        let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+        if bytes > MAX_PROMPT_BYTES {
+            return Err(invalid("messages", format!("must be at most {MAX_PROMPT_BYTES} bytes of text, got {bytes}")));
         }
         if let Some((i, m)) = messages.iter().enumerate().find(|(_, m)| !["system", "user", "assistant"].contains(&m.role.as_str())) {
             return Err(invalid(&format!("messages[{i}].role"), format!("must be system, user or assistant, got {:?}", m.role)));
@@ -241,9 +249,17 @@ impl VerifierRpc for VerifierService {
 
     async fn prefill(&self, request: Request<pb::PrefillRequest>) -> Result<Response<pb::Verdict>, Status> {
         let r = request.into_inner();
-        let n_vocab = self.verifier()?.info().n_vocab;
+        let info = self.verifier()?.info();
+        let (n_vocab, ctx_size) = (info.n_vocab, info.ctx_size);
         if r.tokens.is_empty() {
             return Err(invalid("tokens", "must hold at least one token"));
+        }
+        // The verifier refuses a prompt that does not fit too; this names the field before any work.
+        if r.tokens.len() > ctx_size {
+            return Err(invalid(
+                "tokens",
+                format!("must hold at most {ctx_size} tokens (the verifier's context, --ctx-size), got {}", r.tokens.len()),
+            ));
         }
         check_tokens("tokens", &r.tokens, n_vocab)?;
         self.check_hidden(r.return_hidden_states)?;

@@ -94,6 +94,12 @@ impl ApiError {
         Self { param: None, ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message) }
     }
 
+    /// The same error naming `param` as the field at fault (a field name the client chose may hold
+    /// characters the message scan does not take for a field).
+    pub fn with_param(self, param: impl Into<String>) -> Self {
+        Self { param: Some(param.into()), ..self }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> ErrorBody<'_> {
         ErrorBody {

@@ -6,7 +6,7 @@ mod auth;
 mod error;
 mod handlers;
 pub mod metrics;
-mod request;
+pub(crate) mod request;
 mod response;
 mod stream;
 
@@ -88,3 +88,5 @@ pub fn router(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod validation_tests;

@@ -174,6 +174,13 @@ pub fn chat(body: &[u8]) -> Result<Parsed, ApiError> {
 
 /// The body as a JSON object with only known fields and the required ones present.
 fn object(body: &[u8], known: &[&[&str]], required: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    // JSON is UTF-8 (RFC 8259); say so plainly rather than as a parse error at some column.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ApiError::invalid(format!(
+            "the request body is not valid UTF-8 (invalid byte at offset {}); send UTF-8 JSON",
+            e.valid_up_to()
+        )));
+    }
     let value: Value = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::unprocessable(format!("the request body: {e}")),
         _ => ApiError::invalid(format!("the request body is not valid JSON: {e}")),
@@ -182,7 +189,7 @@ fn object(body: &[u8], known: &[&[&str]], required: &[&str]) -> Result<Map<Strin
         return Err(ApiError::invalid("the request body must be a JSON object"));
     };
     if let Some(field) = object.keys().find(|k| !known.iter().any(|list| list.contains(&k.as_str()))) {
-        return Err(ApiError::invalid(format!("`{field}` is not a supported field")));
+        return Err(ApiError::invalid(format!("`{field}` is not a supported field")).with_param(field));
     }
     if let Some(field) = required.iter().find(|f| object.get(**f).is_none_or(Value::is_null)) {
         return Err(ApiError::invalid(format!("`{field}` is required")));
@@ -211,7 +218,7 @@ fn limit(field: &str, value: Option<i64>) -> Result<Option<usize>, ApiError> {
 fn message(i: usize, m: &Map<String, Value>) -> Result<ChatMessage, ApiError> {
     const KNOWN: &[&str] = &["role", "content", "name", "refusal", "tool_calls"];
     if let Some(k) = m.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::invalid(format!("`messages[{i}].{k}` is not supported")));
+        return Err(ApiError::invalid(format!("`messages[{i}].{k}` is not supported")).with_param(format!("messages[{i}].{k}")));
     }
     if m.get("tool_calls").is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()) && !t.is_null()) {
         return Err(ApiError::invalid(format!("`messages[{i}].tool_calls` is not supported (no tool calling)")));

@@ -35,7 +35,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 pub use backend::{Backend, DiffusionSetup, FIM_MARKERS, Models, fim_prompt};
 pub use error::{RETRY_AFTER_S, ServiceError};
 pub use event::{Event, FinishReason, Finished, Usage};
-pub use request::{GenerationRequest, MAX_STOP_LEN, MAX_STOP_STRINGS, Prompt, Sampling};
+pub use request::{GenerationRequest, MAX_PROMPT_BYTES, MAX_STOP_LEN, MAX_STOP_STRINGS, Prompt, Sampling};
 pub use stop::{Released, StopMatcher};
 
 use crate::drafters::DrafterKind;

@@ -13,6 +13,12 @@ pub const MAX_STOP_STRINGS: usize = 16;
 /// Longest stop string, in bytes.
 pub const MAX_STOP_LEN: usize = 256;
 
+/// Largest prompt, in bytes of text (chat: all message contents together; infill: prefix plus
+/// suffix). Far above any prompt that fits a context (131,072 tokens is about 0.5 MB of code), so it
+/// only stops a client from making the service tokenize a huge text before the context check
+/// refuses it. HTTP bodies are capped lower by `--max-body-bytes`; gRPC messages are not.
+pub const MAX_PROMPT_BYTES: usize = 32 << 20;
+
 /// What to continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
@@ -136,6 +142,16 @@ impl GenerationRequest {
             }
             _ => {}
         }
+        let (field, bytes) = match &self.prompt {
+            Prompt::Text(t) => ("prompt", t.len()),
+            Prompt::Chat(m) => ("messages", m.iter().map(|m| m.content.len()).sum()),
+            Prompt::Infill { prefix, suffix } => ("prompt", prefix.len() + suffix.len()),
+        };
+        if bytes > MAX_PROMPT_BYTES {
+            return Err(ServiceError::Invalid(format!(
+                "`{field}` must be at most {MAX_PROMPT_BYTES} bytes of text, got {bytes}"
+            )));
+        }
         if let Some(n) = self.max_tokens
             && !(1..=MAX_TOKENS_LIMIT).contains(&n)
         {
@@ -209,6 +225,16 @@ mod tests {
         let mut r = text();
         r.stop = vec!["x".into(); 17];
         assert!(r.validate().expect_err("refused").to_string().contains("`stop` holds at most 16"));
+    }
+
+    #[test]
+    fn an_oversized_prompt_names_the_field_and_the_limit() {
+        let r = GenerationRequest::new(Prompt::Text("x".repeat(MAX_PROMPT_BYTES + 1)));
+        let e = r.validate().expect_err("refused").to_string();
+        assert!(e.starts_with("`prompt` must be at most 33554432 bytes"), "{e}");
+        let big = ChatMessage { role: "user".into(), content: "x".repeat(MAX_PROMPT_BYTES / 2 + 1) };
+        let r = GenerationRequest::new(Prompt::Chat(vec![big.clone(), big]));
+        assert!(r.validate().expect_err("refused").to_string().starts_with("`messages` must be at most"));
     }
 
     #[test]
