@@ -13,7 +13,7 @@ use super::grpc_common::{bind, runtime, serve_until_shutdown};
 use crate::drafters::DrafterKind;
 use crate::engine::Mode;
 use crate::grpc::orchestrator_service::OrchestratorService;
-use crate::grpc::remote_backend::RemoteBackend;
+use crate::grpc::remote_backend::{PROBE_EVERY, RemoteBackend, watch_verifiers};
 use crate::grpc::server::DEFAULT_DRAIN;
 use crate::grpc::verifier_client::{ConnectError, DEFAULT_VERIFIER_TIMEOUT};
 use crate::grpc::{GrpcServer, RemoteDrafterService, RemoteVerifiers};
@@ -55,8 +55,10 @@ pub struct OrchestratorServeArgs {
     /// Draft tokens per round of requests that name none (1 to 256).
     #[arg(long, default_value_t = 8)]
     pub block_size: usize,
-    /// Milliseconds a draft call may take before the round goes on as a plain verifier step.
-    #[arg(long, default_value_t = 5000)]
+    /// Milliseconds a draft call may take before the round goes on as a plain verifier step; after a
+    /// failed or late call every generation leaves the drafter alone for a back-off window (0.5 s,
+    /// doubling to 10 s) and takes plain verifier steps (same output), then tries it again.
+    #[arg(long, env = "DUET_DRAFTER_TIMEOUT_MS", default_value_t = 2000)]
     pub drafter_timeout_ms: u64,
     /// Seconds a verifier call (a whole prompt included) may take.
     #[arg(long, default_value_t = DEFAULT_VERIFIER_TIMEOUT.as_secs())]
@@ -88,14 +90,15 @@ fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
         let drain = Duration::from_secs(args.drain_timeout_s);
         tokio::spawn(async move {
             match connect(&args, handle).await {
-                Ok(service) => {
+                Ok((service, backend)) => {
                     eprintln!(
                         "duet: orchestrator ready (drafter {}, verifiers {})",
                         args.drafter_url,
                         args.verifier_urls.join(", ")
                     );
                     orchestrator.ready(service);
-                    health.set_serving().await;
+                    // SERVING while a verifier answers, NOT_SERVING while none does.
+                    watch_verifiers(backend, Some(health), PROBE_EVERY).await;
                 }
                 Err(e) => {
                     let _ = fatal_tx.send(e);
@@ -108,7 +111,10 @@ fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
 
 /// Connects to the verifiers (waiting while they load) and the drafter, and starts the
 /// generation service over them.
-async fn connect(args: &OrchestratorServeArgs, rt: tokio::runtime::Handle) -> anyhow::Result<GenerationService> {
+async fn connect(
+    args: &OrchestratorServeArgs,
+    rt: tokio::runtime::Handle,
+) -> anyhow::Result<(GenerationService, Arc<RemoteBackend>)> {
     let timeout = Duration::from_secs(args.verifier_timeout_s);
     let mut said = false;
     let verifiers = loop {
@@ -127,7 +133,7 @@ async fn connect(args: &OrchestratorServeArgs, rt: tokio::runtime::Handle) -> an
     let max_running = args.max_running.unwrap_or(verifiers.total_sessions()).max(1);
     let drafter = RemoteDrafterService::new(&args.drafter_url, rt.clone(), Duration::from_millis(args.drafter_timeout_ms))
         .with_context(|| format!("bad drafter address {}", args.drafter_url))?;
-    let backend = RemoteBackend::new(verifiers, drafter, rt).await.context("checking the verifiers")?;
+    let backend = Arc::new(RemoteBackend::new(verifiers, drafter, rt).await.context("checking the verifiers")?);
     let config = ServiceConfig {
         max_running,
         max_queued: args.max_queued,
@@ -135,5 +141,6 @@ async fn connect(args: &OrchestratorServeArgs, rt: tokio::runtime::Handle) -> an
         drafter: args.default_drafter,
         block_size: args.block_size,
     };
-    GenerationService::start(Arc::new(backend), config).context("starting the generation threads")
+    let service = GenerationService::start(backend.clone(), config).context("starting the generation threads")?;
+    Ok((service, backend))
 }
