@@ -75,7 +75,8 @@ fn service_error(what: &str, s: &Status) -> ServiceError {
     match s.code() {
         Code::InvalidArgument => ServiceError::Invalid(msg),
         Code::OutOfRange => ServiceError::ContextLength(msg),
-        Code::ResourceExhausted | Code::Unavailable => ServiceError::Unavailable(msg),
+        Code::Unavailable => ServiceError::Unavailable(format!("no verifier is available ({msg}); retry later")),
+        Code::ResourceExhausted => ServiceError::Unavailable(msg),
         _ => ServiceError::Internal(msg),
     }
 }

@@ -209,7 +209,9 @@ impl RemoteVerifiers {
         let mut last = Status::unavailable("no verifier replica");
         for i in self.order() {
             match f(self.replicas[i].client.clone()).await {
-                Err(s) if s.code() == Code::Unavailable => last = s,
+                Err(s) if s.code() == Code::Unavailable => {
+                    last = Status::unavailable(format!("verifier {}: {}", self.replicas[i].url, s.message()));
+                }
                 r => return r,
             }
         }
@@ -267,7 +269,7 @@ impl RemoteVerifiers {
                 }
                 Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => {
                     tracing::debug!(replica = %r.url, status = %s, "verifier replica cannot take a session");
-                    last = s;
+                    last = Status::new(s.code(), format!("verifier {}: {}", r.url, s.message()));
                 }
                 Err(s) => return Err(s),
             }
