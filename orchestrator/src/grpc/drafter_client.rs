@@ -203,15 +203,19 @@ impl RemoteDrafter {
         let timeout = self.service.timeout;
         let mut req = tonic::Request::new(msg);
         req.set_timeout(timeout);
+        let started = std::time::Instant::now();
+        let late = || Status::deadline_exceeded(format!("no draft within {} ms", timeout.as_millis()));
         self.service
             .rt
             .block_on(async move {
                 match tokio::time::timeout(timeout, client.draft(req)).await {
                     Ok(r) => r,
-                    Err(_) => Err(Status::deadline_exceeded(format!("no draft within {} ms", timeout.as_millis()))),
+                    Err(_) => Err(late()),
                 }
             })
             .map(|r| r.into_inner())
+            // tonic's own deadline (the `grpc-timeout` header) may fire first, as CANCELLED.
+            .map_err(|s| if s.code() != Code::DeadlineExceeded && started.elapsed() >= timeout { late() } else { s })
     }
 
     fn forget(&mut self) {
