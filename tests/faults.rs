@@ -212,8 +212,33 @@ fn a_verifier_that_goes_away_answers_unavailable_and_503_and_the_next_request_af
     let (code, text) = http(http_addr, "POST", "/v1/completions", &body);
     assert_eq!(code, 200, "{text}");
 
-    // The verifier process goes away.
-    rt().block_on(verifier.stop()).expect("stop the verifier");
+    // The verifier process goes away in the middle of a streamed generation: the stream ends with
+    // UNAVAILABLE.
+    let stream_url = url.clone();
+    let mid_stream = rt().block_on(async move {
+        let mut c = OrchestratorClient::connect(stream_url).await.expect("connect");
+        let req = pb::GenerateRequest {
+            input: Some(pb::generate_request::Input::Prompt("// A long C++ tutorial on templates\n".into())),
+            max_tokens: 400,
+            mode: pb::Mode::Ar as i32,
+            ..Default::default()
+        };
+        let mut stream = c.generate_stream(req).await.expect("GenerateStream").into_inner();
+        let first = stream.message().await.expect("first message");
+        assert!(first.is_some(), "the stream ended at once");
+        verifier.stop().await.expect("stop the verifier");
+        loop {
+            match stream.message().await {
+                Ok(Some(pb::GenerateStreamResponse { event: Some(pb::generate_stream_response::Event::Final(f)) })) => {
+                    panic!("the generation finished without its verifier: {f:?}")
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(s) => break s,
+            }
+        }
+    });
+    assert_eq!(mid_stream.code(), Code::Unavailable, "{mid_stream:?}");
     let err = grpc_generate(&url, prompt).expect_err("a generation without a verifier");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("verifier"), "the message does not say what is missing: {}", err.message());
