@@ -176,6 +176,8 @@ impl DrafterFactory for SlowFactory {
 
 #[test]
 fn a_drafter_slower_than_its_deadline_times_out_and_is_left_alone_for_the_window() {
+    // The process-wide Prometheus recorder (the one `duet serve` installs), to read the counter.
+    let prometheus = crate::http::metrics::prometheus().expect("recorder");
     let rt = rt();
     let server = drafter_server(&rt, "127.0.0.1:0".parse().expect("addr"), Box::new(SlowFactory(Duration::from_millis(400))));
     let service = RemoteDrafterService::new(&server.url(), rt.handle().clone(), Duration::from_millis(50))
@@ -195,4 +197,13 @@ fn a_drafter_slower_than_its_deadline_times_out_and_is_left_alone_for_the_window
         .expect("hybrid");
     assert_eq!(g.tokens, ar(&prompt, 50));
     assert_eq!(g.stats.drafted, 0);
+    let scrape = prometheus.render();
+    for reason in ["timeout", "backoff"] {
+        assert!(
+            scrape.lines().any(|l| l.starts_with("duet_drafter_fallbacks_total{")
+                && l.contains("drafter=\"slow\"")
+                && l.contains(&format!("reason=\"{reason}\""))),
+            "no {reason} fallback counted:\n{scrape}"
+        );
+    }
 }
