@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use super::grpc_common::{bind, runtime, serve_until_shutdown};
 use crate::drafters::DrafterKind;
 use crate::engine::Mode;
+use crate::http::{self, AppState, DEFAULT_MAX_BODY_BYTES};
 use crate::grpc::orchestrator_service::OrchestratorService;
 use crate::grpc::remote_backend::{PROBE_EVERY, RemoteBackend, watch_verifiers};
 use crate::grpc::server::DEFAULT_DRAIN;
@@ -63,6 +64,14 @@ pub struct OrchestratorServeArgs {
     /// Seconds a verifier call (a whole prompt included) may take.
     #[arg(long, default_value_t = DEFAULT_VERIFIER_TIMEOUT.as_secs())]
     pub verifier_timeout_s: u64,
+    /// Also serve the OpenAI-compatible HTTP API of `duet serve` (with `/health` and `/metrics`) on
+    /// this address, over the same generation service. Port 0: any free port (printed).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+    /// API keys HTTP clients must send as `Authorization: Bearer <key>` (comma-separated); without
+    /// one, --http-listen must be a loopback address.
+    #[arg(long, value_delimiter = ',')]
+    pub api_key: Vec<String>,
     /// Seconds that generations in flight may still run after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = DEFAULT_DRAIN.as_secs())]
     pub drain_timeout_s: u64,
@@ -79,6 +88,13 @@ fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.drafter_timeout_ms > 0, "`--drafter-timeout-ms` must be at least 1, got 0");
     anyhow::ensure!(args.verifier_timeout_s > 0, "`--verifier-timeout-s` must be at least 1, got 0");
     anyhow::ensure!(args.max_running != Some(0), "`--max-running` must be at least 1, got 0");
+    anyhow::ensure!(!args.api_key.iter().any(|k| k.trim().is_empty()), "`--api-key` holds an empty key");
+    if let Some(addr) = args.http_listen {
+        anyhow::ensure!(
+            addr.ip().is_loopback() || !args.api_key.is_empty(),
+            "--http-listen {addr} is not a loopback address and no API key is set: pass --api-key"
+        );
+    }
     let rt = runtime()?;
     let handle = rt.handle().clone();
     rt.block_on(async move {
@@ -88,6 +104,11 @@ fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
         let listener = bind(args.listen, "orchestrator").await?;
         let (fatal_tx, fatal_rx) = oneshot::channel();
         let drain = Duration::from_secs(args.drain_timeout_s);
+        let http = match args.http_listen {
+            Some(addr) => Some(start_http(addr, args.api_key.clone()).await?),
+            None => None,
+        };
+        let http_state = http.as_ref().map(|(state, _)| state.clone());
         tokio::spawn(async move {
             match connect(&args, handle).await {
                 Ok((service, backend)) => {
@@ -96,6 +117,9 @@ fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
                         args.drafter_url,
                         args.verifier_urls.join(", ")
                     );
+                    if let Some(state) = http_state {
+                        state.set_service(service.clone());
+                    }
                     orchestrator.ready(service);
                     // SERVING while a verifier answers, NOT_SERVING while none does.
                     watch_verifiers(backend, Some(health), PROBE_EVERY).await;
@@ -105,8 +129,30 @@ fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
                 }
             }
         });
-        serve_until_shutdown(server, listener, drain, fatal_rx).await
+        let served = serve_until_shutdown(server, listener, drain, fatal_rx).await;
+        if let Some((_, task)) = http {
+            // The HTTP server saw the same signal; let its answers in flight finish too.
+            let _ = tokio::time::timeout(drain, task).await;
+        }
+        served
     })
+}
+
+/// Binds the HTTP API and serves it until SIGTERM / Ctrl-C; it answers 503 until the service is set.
+async fn start_http(
+    addr: SocketAddr,
+    api_keys: Vec<String>,
+) -> anyhow::Result<(AppState, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let prometheus = http::metrics::prometheus().map_err(anyhow::Error::msg)?;
+    let state = AppState::new(api_keys, Some(prometheus), DEFAULT_MAX_BODY_BYTES);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on --http-listen {addr}"))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    eprintln!("duet: HTTP (OpenAI-compatible) listening on http://{bound}/v1 (/health, /metrics)");
+    let app = http::router(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(crate::grpc::shutdown_signal()).await
+    });
+    Ok((state, task))
 }
 
 /// Connects to the verifiers (waiting while they load) and the drafter, and starts the
