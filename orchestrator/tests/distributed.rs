@@ -35,6 +35,8 @@ struct Proc {
     child: Child,
     /// The `http://` address it listens on.
     url: String,
+    /// Further "listening on" lines (a second server in the same process).
+    more: Receiver<String>,
 }
 
 impl Proc {
@@ -60,7 +62,13 @@ impl Proc {
             }
         });
         let addr = wait_line(&rx, name, &mut child);
-        Proc { name, child, url: format!("http://{addr}") }
+        Proc { name, child, url: format!("http://{addr}"), more: rx }
+    }
+
+    /// The host:port of the next server the process announced (e.g. `--http-listen`).
+    fn next_addr(&mut self) -> String {
+        let line = wait_line(&self.more, self.name, &mut self.child);
+        line.trim_start_matches("http://").split(['/', ' ']).next().unwrap_or_default().to_owned()
     }
 
     fn pid(&self) -> u32 {
@@ -119,7 +127,10 @@ fn start_cluster() -> Cluster {
     let drafter = Proc::start("drafter", &["drafter", "serve", "--listen", "127.0.0.1:0", "--drafter", "ngram"]);
     let orchestrator = Proc::start(
         "orchestrator",
-        &["orchestrator", "serve", "--listen", "127.0.0.1:0", "--drafter", &drafter.url, "--verifier", &verifier.url],
+        &[
+            "orchestrator", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--drafter", &drafter.url,
+            "--verifier", &verifier.url,
+        ],
     );
     Cluster { verifier, drafter, orchestrator }
 }
@@ -207,6 +218,17 @@ fn three_processes_generate_exactly_what_ar_and_the_in_process_engine_generate()
     let hybrid = generate_locally("hybrid", N);
     assert_eq!(unary.token_ids, hybrid, "three-process hybrid differs from the in-process engine");
 
+    // The orchestrator's OpenAI-compatible HTTP API (--http-listen) answers the same.
+    let mut cluster = cluster;
+    let http_addr = cluster.orchestrator.next_addr();
+    let body = serde_json::json!({
+        "prompt": PROMPT, "max_tokens": N, "temperature": 0, "mode": "hybrid", "drafter": "ngram", "block_size": 6,
+    });
+    let (code, text) = http_post(&http_addr, "/v1/completions", &body.to_string());
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["choices"][0]["text"].as_str(), Some(unary.text.as_str()), "HTTP differs from gRPC");
+
     // SIGTERM: each process drains and exits cleanly.
     let Cluster { verifier, drafter, orchestrator } = cluster;
     for p in [orchestrator, drafter, verifier] {
@@ -214,6 +236,21 @@ fn three_processes_generate_exactly_what_ar_and_the_in_process_engine_generate()
         let status = p.terminate();
         assert!(status.success(), "{name} exited with {status} after SIGTERM");
     }
+}
+
+/// Status and body of one HTTP/1.1 POST over a plain socket.
+fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
 }
 
 #[test]

@@ -45,7 +45,7 @@ class Server:
 
     def __init__(self):
         self.proc = subprocess.Popen(
-            [DUET, "serve", "--verifier-model", MODEL_PATH, "--http-listen", "127.0.0.1:0",
+            [DUET, "serve", "--verifier-model", MODEL_PATH, "--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
              "--api-key", API_KEY, "--max-sessions", "2"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.log = []

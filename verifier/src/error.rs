@@ -49,4 +49,7 @@ pub enum VerifierError {
     /// The verifier thread has stopped.
     #[error("the verifier thread has stopped")]
     WorkerGone,
+    /// A remote verifier does not answer (its process is down or unreachable); retry later.
+    #[error("the verifier is not available: {0}")]
+    Unavailable(String),
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::flags::flag_error;
 use super::options::{DiffusionArgs, ModelArgs};
-use crate::drafters::{ArModelDrafter, DiffusionDrafter, DrafterKind, NgramDrafter};
+use crate::drafters::{ArModelDrafter, DiffusionDrafter, DrafterHealth, DrafterKind, FallbackDrafter, NgramDrafter};
 use crate::engine::{self, DraftPolicy, Drafter, GenerateParams, Mode, Stats, StopReason};
 use crate::text::Utf8Stream;
 
@@ -170,6 +170,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         (_, _, None) => bail!("the diffusion drafter did not load"),
     };
+    // A hybrid drafter that fails costs speed, not the generation: plain verifier steps with a
+    // back-off, one warning per outage.
+    if args.mode == Mode::Hybrid {
+        let label = crate::grpc::drafter_factory::kind_name(args.drafter);
+        drafter = drafter.map(|d| Box::new(FallbackDrafter::new(d, DrafterHealth::new(label), label)) as Box<dyn Drafter>);
+    }
 
     let prompt_text = if args.chat {
         verifier

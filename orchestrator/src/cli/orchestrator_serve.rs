@@ -12,8 +12,9 @@ use tokio::sync::oneshot;
 use super::grpc_common::{bind, runtime, serve_until_shutdown};
 use crate::drafters::DrafterKind;
 use crate::engine::Mode;
+use crate::http::{self, AppState, DEFAULT_MAX_BODY_BYTES};
 use crate::grpc::orchestrator_service::OrchestratorService;
-use crate::grpc::remote_backend::RemoteBackend;
+use crate::grpc::remote_backend::{PROBE_EVERY, RemoteBackend, watch_verifiers};
 use crate::grpc::server::DEFAULT_DRAIN;
 use crate::grpc::verifier_client::{ConnectError, DEFAULT_VERIFIER_TIMEOUT};
 use crate::grpc::{GrpcServer, RemoteDrafterService, RemoteVerifiers};
@@ -59,12 +60,22 @@ pub struct OrchestratorServeArgs {
     /// Draft tokens per round of requests that name none (1 to 256).
     #[arg(long, default_value_t = 8)]
     pub block_size: usize,
-    /// Milliseconds a draft call may take before the round goes on as a plain verifier step.
-    #[arg(long, default_value_t = 5000)]
+    /// Milliseconds a draft call may take before the round goes on as a plain verifier step; after a
+    /// failed or late call every generation leaves the drafter alone for a back-off window (0.5 s,
+    /// doubling to 10 s) and takes plain verifier steps (same output), then tries it again.
+    #[arg(long, env = "DUET_DRAFTER_TIMEOUT_MS", default_value_t = 2000)]
     pub drafter_timeout_ms: u64,
     /// Seconds a verifier call (a whole prompt included) may take.
     #[arg(long, default_value_t = DEFAULT_VERIFIER_TIMEOUT.as_secs())]
     pub verifier_timeout_s: u64,
+    /// Also serve the OpenAI-compatible HTTP API of `duet serve` (with `/health` and `/metrics`) on
+    /// this address, over the same generation service. Port 0: any free port (printed).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+    /// API keys HTTP clients must send as `Authorization: Bearer <key>` (comma-separated); without
+    /// one, --http-listen must be a loopback address.
+    #[arg(long, value_delimiter = ',')]
+    pub api_key: Vec<String>,
     /// Seconds that generations in flight may still run after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = DEFAULT_DRAIN.as_secs())]
     pub drain_timeout_s: u64,
@@ -81,6 +92,13 @@ fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.drafter_timeout_ms > 0, "`--drafter-timeout-ms` must be at least 1, got 0");
     anyhow::ensure!(args.verifier_timeout_s > 0, "`--verifier-timeout-s` must be at least 1, got 0");
     anyhow::ensure!(args.max_running != Some(0), "`--max-running` must be at least 1, got 0");
+    anyhow::ensure!(!args.api_key.iter().any(|k| k.trim().is_empty()), "`--api-key` holds an empty key");
+    if let Some(addr) = args.http_listen {
+        anyhow::ensure!(
+            addr.ip().is_loopback() || !args.api_key.is_empty(),
+            "--http-listen {addr} is not a loopback address and no API key is set: pass --api-key"
+        );
+    }
     let rt = runtime()?;
     let handle = rt.handle().clone();
     rt.block_on(async move {
@@ -90,29 +108,63 @@ fn serve(args: OrchestratorServeArgs) -> anyhow::Result<()> {
         let listener = bind(args.listen, "orchestrator").await?;
         let (fatal_tx, fatal_rx) = oneshot::channel();
         let drain = Duration::from_secs(args.drain_timeout_s);
+        let http = match args.http_listen {
+            Some(addr) => Some(start_http(addr, args.api_key.clone()).await?),
+            None => None,
+        };
+        let http_state = http.as_ref().map(|(state, _)| state.clone());
         tokio::spawn(async move {
             match connect(&args, handle).await {
-                Ok(service) => {
+                Ok((service, backend)) => {
                     eprintln!(
                         "duet: orchestrator ready (drafter {}, verifiers {})",
                         args.drafter_url,
                         args.verifier_urls.join(", ")
                     );
+                    if let Some(state) = http_state {
+                        state.set_service(service.clone());
+                    }
                     orchestrator.ready(service);
-                    health.set_serving().await;
+                    // SERVING while a verifier answers, NOT_SERVING while none does.
+                    watch_verifiers(backend, Some(health), PROBE_EVERY).await;
                 }
                 Err(e) => {
                     let _ = fatal_tx.send(e);
                 }
             }
         });
-        serve_until_shutdown(server, listener, drain, fatal_rx).await
+        let served = serve_until_shutdown(server, listener, drain, fatal_rx).await;
+        if let Some((_, task)) = http {
+            // The HTTP server saw the same signal; let its answers in flight finish too.
+            let _ = tokio::time::timeout(drain, task).await;
+        }
+        served
     })
+}
+
+/// Binds the HTTP API and serves it until SIGTERM / Ctrl-C; it answers 503 until the service is set.
+async fn start_http(
+    addr: SocketAddr,
+    api_keys: Vec<String>,
+) -> anyhow::Result<(AppState, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let prometheus = http::metrics::prometheus().map_err(anyhow::Error::msg)?;
+    let state = AppState::new(api_keys, Some(prometheus), DEFAULT_MAX_BODY_BYTES);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on --http-listen {addr}"))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    eprintln!("duet: HTTP (OpenAI-compatible) listening on http://{bound}/v1 (/health, /metrics)");
+    let app = http::router(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(crate::grpc::shutdown_signal()).await
+    });
+    Ok((state, task))
 }
 
 /// Connects to the verifiers (waiting while they load) and the drafter, and starts the
 /// generation service over them.
-async fn connect(args: &OrchestratorServeArgs, rt: tokio::runtime::Handle) -> anyhow::Result<GenerationService> {
+async fn connect(
+    args: &OrchestratorServeArgs,
+    rt: tokio::runtime::Handle,
+) -> anyhow::Result<(GenerationService, Arc<RemoteBackend>)> {
     let timeout = Duration::from_secs(args.verifier_timeout_s);
     let mut said = false;
     let verifiers = loop {
@@ -131,7 +183,7 @@ async fn connect(args: &OrchestratorServeArgs, rt: tokio::runtime::Handle) -> an
     let max_running = args.max_running.unwrap_or(verifiers.total_sessions()).max(1);
     let drafter = RemoteDrafterService::new(&args.drafter_url, rt.clone(), Duration::from_millis(args.drafter_timeout_ms))
         .with_context(|| format!("bad drafter address {}", args.drafter_url))?;
-    let backend = RemoteBackend::new(verifiers, drafter, rt).await.context("checking the verifiers")?;
+    let backend = Arc::new(RemoteBackend::new(verifiers, drafter, rt).await.context("checking the verifiers")?);
     let config = ServiceConfig {
         max_running,
         max_queued: args.max_queued,
@@ -140,5 +192,6 @@ async fn connect(args: &OrchestratorServeArgs, rt: tokio::runtime::Handle) -> an
         block_size: args.block_size,
         request_timeout: (args.request_timeout > 0).then(|| std::time::Duration::from_secs(args.request_timeout)),
     };
-    GenerationService::start(Arc::new(backend), config).context("starting the generation threads")
+    let service = GenerationService::start(backend.clone(), config).context("starting the generation threads")?;
+    Ok((service, backend))
 }

@@ -1,5 +1,7 @@
-//! `duet serve`: every model in one process behind the OpenAI-compatible HTTP server (and, once
-//! issue 7 lands, the gRPC orchestrator service on the same generation service).
+//! `duet serve`: every model in one process behind the OpenAI-compatible HTTP server and the gRPC
+//! orchestrator service (`duet.v1.Orchestrator`, with health and reflection), both over one
+//! generation service, so HTTP and gRPC requests share the sessions and the queue. SIGTERM or
+//! Ctrl-C stops both: no new requests, answers in flight finish.
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
@@ -13,6 +15,8 @@ use clap::Args;
 use super::options::{DiffusionArgs, ModelArgs};
 use crate::drafters::DrafterKind;
 use crate::engine::{MAX_BLOCK_SIZE, Mode};
+use crate::grpc::server::DEFAULT_DRAIN;
+use crate::grpc::{GrpcServer, OrchestratorService};
 use crate::http::{self, AppState, DEFAULT_MAX_BODY_BYTES};
 use crate::service::{DiffusionSetup, GenerationService, Models, ServiceConfig};
 
@@ -22,9 +26,11 @@ pub struct ServeArgs {
     /// Address of the OpenAI-compatible HTTP server (port 0: any free port; the chosen address is printed).
     #[arg(long, env = "DUET_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
-    /// Address of the gRPC orchestrator service.
+    /// Address of the gRPC orchestrator service (`duet.v1.Orchestrator`, health, reflection), or
+    /// `off`. Port 0: any free port (the chosen address is printed). gRPC has no API keys: a
+    /// non-loopback address needs --allow-unauthenticated.
     #[arg(long, env = "DUET_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub grpc_listen: SocketAddr,
+    pub grpc_listen: GrpcListen,
     /// API keys clients must send as `Authorization: Bearer <key>` (comma-separated). Without one the
     /// server listens on loopback addresses only, unless --allow-unauthenticated.
     #[arg(long, env = "DUET_API_KEY", value_delimiter = ',', hide_env_values = true)]
@@ -86,6 +92,15 @@ impl ServeArgs {
         if self.api_key.iter().any(|k| k.trim().is_empty()) {
             bail!("--api-key / DUET_API_KEY holds an empty key");
         }
+        if let GrpcListen(Some(addr)) = self.grpc_listen
+            && !addr.ip().is_loopback()
+            && !self.allow_unauthenticated
+        {
+            bail!(
+                "--grpc-listen {addr} is not a loopback address and the gRPC service takes no API keys: \
+                 pass --allow-unauthenticated to serve it there, or --grpc-listen off"
+            );
+        }
         if self.api_key.is_empty() && !self.http_listen.ip().is_loopback() && !self.allow_unauthenticated {
             bail!(
                 "--http-listen {} is not a loopback address and no API key is set: pass --api-key (or DUET_API_KEY), \
@@ -94,6 +109,20 @@ impl ServeArgs {
             );
         }
         Ok(())
+    }
+}
+
+/// `--grpc-listen`: an address, or `off` for no gRPC service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for GrpcListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        s.parse().map(|a| Self(Some(a))).map_err(|e| format!("`{s}` is neither an address like 127.0.0.1:50051 nor `off`: {e}"))
     }
 }
 
@@ -126,10 +155,38 @@ async fn serve(args: ServeArgs, prometheus: metrics_exporter_prometheus::Prometh
     let auth = if args.api_key.is_empty() { "no API key" } else { "API key required" };
     eprintln!("duet: HTTP (OpenAI-compatible) listening on http://{addr}/v1 ({auth}; /health, /metrics)");
 
-    // gRPC (issue 7) plugs in here: start the Orchestrator gRPC server on `args.grpc_listen` over a
-    // clone of the `GenerationService` set below (e.g. wait on a watch channel for it), and print
-    // its address like the HTTP line above.
-    eprintln!("duet: gRPC listen address {} reserved (the gRPC service is not built yet)", args.grpc_listen);
+    // One shutdown signal for both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // The gRPC side answers UNAVAILABLE (health NOT_SERVING) until the models are loaded.
+    let orchestrator = OrchestratorService::new();
+    let grpc = match args.grpc_listen.0 {
+        Some(grpc_addr) => {
+            let server = GrpcServer::new().await?.add_service(orchestrator.clone().into_server()).await;
+            let health = server.health();
+            let listener = tokio::net::TcpListener::bind(grpc_addr)
+                .await
+                .with_context(|| format!("listening on --grpc-listen {grpc_addr}"))?;
+            let bound = listener.local_addr().context("reading the bound gRPC address")?;
+            eprintln!("duet: gRPC (duet.v1.Orchestrator, health, reflection) listening on {bound} (no API key)");
+            Some((server, listener, health))
+        }
+        None => None,
+    };
+    let grpc_health = grpc.as_ref().map(|(_, _, h)| h.clone());
+    let grpc_server = async {
+        match grpc {
+            Some((server, listener, _)) => server.serve(listener, stopped(stop_rx.clone()), DEFAULT_DRAIN).await,
+            None => Ok(()),
+        }
+    };
 
     // Histograms are drained into their buckets at every scrape; this keeps memory flat between
     // scrapes too.
@@ -150,9 +207,14 @@ async fn serve(args: ServeArgs, prometheus: metrics_exporter_prometheus::Prometh
         })
         .context("starting the model loading thread")?;
 
-    let server = axum::serve(listener, http::router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+    let http_server = axum::serve(listener, http::router(state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future();
+    let servers = async {
+        let (h, g) = tokio::join!(http_server, grpc_server);
+        h.context("serving HTTP")?;
+        g.context("serving gRPC")
+    };
     let loading = async {
         let service = loaded_rx.await.map_err(|_| anyhow::anyhow!("the model loading thread stopped"))??;
         let cfg = service.config();
@@ -166,11 +228,17 @@ async fn serve(args: ServeArgs, prometheus: metrics_exporter_prometheus::Prometh
             cfg.max_running,
             cfg.max_queued,
         );
+        orchestrator.ready(service.clone());
         state.set_service(service);
+        if let Some(h) = &grpc_health
+            && !*stop_rx.borrow()
+        {
+            h.set_serving().await;
+        }
         std::future::pending::<anyhow::Result<()>>().await
     };
     tokio::select! {
-        r = server => r.context("serving HTTP"),
+        r = servers => r,
         r = loading => r,
     }
 }

@@ -78,6 +78,6 @@ impl Drafter for ArModelDrafter {
     }
 
     fn propose(&mut self, req: &DraftRequest<'_>) -> Result<Draft, DraftError> {
-        self.draft(req).map_err(|e| DraftError { drafter: "ar-model".into(), reason: e.to_string() })
+        self.draft(req).map_err(|e| DraftError::new("ar-model", e.to_string()))
     }
 }

@@ -61,20 +61,17 @@ impl DiffusionDrafter {
                 Some(&f.data[from * dim..])
             }
             (Some(dim), Some(f)) => {
-                return Err(DraftError {
-                    drafter: "diffusion".into(),
-                    reason: format!(
+                return Err(DraftError::new(
+                    "diffusion",
+                    format!(
                         "the drafter expects verifier features of width {dim}, the verifier gives {}; \
                          use the verifier this drafter was trained for",
                         f.dim
                     ),
-                });
+                ));
             }
             (Some(_), None) => {
-                return Err(DraftError {
-                    drafter: "diffusion".into(),
-                    reason: "this drafter is conditioned on verifier features but none arrive".into(),
-                });
+                return Err(DraftError::new("diffusion", "this drafter is conditioned on verifier features but none arrive"));
             }
             (None, _) => None,
         };
@@ -110,7 +107,7 @@ impl DiffusionDrafter {
 }
 
 fn err(e: duet_drafter::DrafterError) -> DraftError {
-    DraftError { drafter: "diffusion".into(), reason: e.to_string() }
+    DraftError::new("diffusion", e.to_string())
 }
 
 impl Drafter for DiffusionDrafter {

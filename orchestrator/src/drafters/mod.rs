@@ -4,10 +4,12 @@
 
 pub mod ar_model;
 pub mod diffusion;
+pub mod fallback;
 pub mod ngram;
 
 pub use ar_model::ArModelDrafter;
 pub use diffusion::{DiffusionDrafter, HintPolicy};
+pub use fallback::{DrafterHealth, FallbackDrafter};
 pub use ngram::NgramDrafter;
 
 /// Which drafter a hybrid generation uses.

@@ -90,7 +90,7 @@ impl Draft {
     }
 }
 
-/// A drafter failure. The engine logs it and falls back to a plain AR step: the output stays right.
+/// A drafter failure. The engine falls back to a plain AR step: the output stays right.
 #[derive(Debug, thiserror::Error)]
 #[error("drafter {drafter} failed: {reason}")]
 pub struct DraftError {
@@ -98,6 +98,38 @@ pub struct DraftError {
     pub drafter: String,
     /// What went wrong.
     pub reason: String,
+    /// Which kind of failure (the `reason` label of `duet_drafter_fallbacks_total`).
+    pub kind: DraftFailure,
+}
+
+impl DraftError {
+    /// A failure of kind [`DraftFailure::Error`].
+    pub fn new(drafter: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { drafter: drafter.into(), reason: reason.into(), kind: DraftFailure::Error }
+    }
+}
+
+/// Why a round went without a draft.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DraftFailure {
+    /// The drafter answered with an error (or could not be reached).
+    #[default]
+    Error,
+    /// The drafter did not answer within its time limit.
+    Timeout,
+    /// The drafter failed a moment ago and is left alone until its back-off window ends.
+    Backoff,
+}
+
+impl DraftFailure {
+    /// The metric label: `error`, `timeout` or `backoff`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Backoff => "backoff",
+        }
+    }
 }
 
 /// Anything that proposes draft blocks.

@@ -17,7 +17,7 @@ mod stats;
 mod unverified;
 mod verifier;
 
-pub use drafter::{Draft, DraftError, DraftRequest, Drafter, Features, PreviousBlock};
+pub use drafter::{Draft, DraftError, DraftFailure, DraftRequest, Drafter, Features, PreviousBlock};
 pub use policy::{CostCurve, DraftPolicy};
 pub use round::{GenerateParams, Generation, MAX_BLOCK_SIZE, MAX_TOKENS_LIMIT, Mode, StopReason, generate};
 pub use stats::Stats;

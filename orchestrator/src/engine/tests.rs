@@ -98,7 +98,7 @@ impl Drafter for FailingDrafter {
         "failing"
     }
     fn propose(&mut self, _: &DraftRequest<'_>) -> Result<Draft, DraftError> {
-        Err(DraftError { drafter: "failing".into(), reason: "down".into() })
+        Err(DraftError::new("failing", "down"))
     }
 }
 

@@ -32,7 +32,7 @@ pub fn status_from_verifier(e: &VerifierError) -> Status {
     let code = match e {
         VerifierError::InvalidRequest(_) | VerifierError::ContextFull { .. } => Code::InvalidArgument,
         VerifierError::NoFreeSession(_) => Code::ResourceExhausted,
-        VerifierError::WorkerGone => Code::Unavailable,
+        VerifierError::WorkerGone | VerifierError::Unavailable(_) => Code::Unavailable,
         VerifierError::ModelMissing(_)
         | VerifierError::ModelLoad { .. }
         | VerifierError::Context(_)
@@ -48,6 +48,8 @@ pub fn verifier_from_status(op: &'static str, s: &Status) -> VerifierError {
     match s.code() {
         Code::InvalidArgument => VerifierError::InvalidRequest(s.message().to_owned()),
         Code::ResourceExhausted => VerifierError::Backend { op, reason: format!("resource exhausted: {}", s.message()) },
+        // The replica went away (or restarted and lost the session's connection): a 503, not a 500.
+        Code::Unavailable | Code::Cancelled => VerifierError::Unavailable(format!("{op}: {}", s.message())),
         _ => VerifierError::Backend { op, reason: format!("{:?}: {}", s.code(), s.message()) },
     }
 }

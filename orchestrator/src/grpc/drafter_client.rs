@@ -6,13 +6,15 @@
 //! lost the session (it restarted, or freed it when idle) it answers FAILED_PRECONDITION and the
 //! client resends the whole context once.
 //!
-//! A drafter that fails costs nothing but speed: the engine takes a plain verifier step. After a
-//! call fails for lack of the service, calls are skipped (an empty proposal) for a growing back-off
-//! shared by every session, so a dead drafter process costs one failed call per back-off period
-//! rather than one per round.
+//! A drafter that fails costs nothing but speed: the engine takes a plain verifier step. A call
+//! that does not answer within the service's deadline (`--drafter-timeout-ms`) fails as a
+//! timeout. [`RemoteDrafterService::fallback_session`] wraps a session in a
+//! [`FallbackDrafter`] sharing the service's [`DrafterHealth`], so after a failure every
+//! generation skips the service for a growing back-off window and a dead drafter process costs one
+//! failed call per window rather than one per round.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use duet_proto::v1 as pb;
 use duet_proto::v1::drafter_client::DrafterClient;
@@ -23,14 +25,11 @@ use tonic::{Code, Status};
 
 use super::convert::previous_to_pb;
 use super::server::MAX_MESSAGE_BYTES;
-use crate::engine::{Draft, DraftError, DraftRequest, Drafter};
+use crate::drafters::{DrafterHealth, FallbackDrafter};
+use crate::engine::{Draft, DraftError, DraftFailure, DraftRequest, Drafter};
 
 /// Time allowed for one draft call by default.
 pub const DEFAULT_DRAFT_TIMEOUT: Duration = Duration::from_secs(5);
-/// First pause after the service failed; it doubles with every failure in a row.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest pause between attempts to reach a failed service.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Opens a lazily connecting channel with Duet's connect timeout (it reconnects by itself).
 pub fn lazy_channel(url: &str, rt: &Handle) -> Result<Channel, tonic::transport::Error> {
@@ -41,27 +40,6 @@ pub fn lazy_channel(url: &str, rt: &Handle) -> Result<Channel, tonic::transport:
         .connect_lazy())
 }
 
-/// When the service may be tried again after failures.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-    retry_at: Option<Instant>,
-}
-
-impl Backoff {
-    fn waiting(&self) -> bool {
-        self.retry_at.is_some_and(|t| Instant::now() < t)
-    }
-    fn failed(&mut self) {
-        let pause = FIRST_BACKOFF.saturating_mul(1 << self.failures.min(16)).min(MAX_BACKOFF);
-        self.failures += 1;
-        self.retry_at = Some(Instant::now() + pause);
-    }
-    fn succeeded(&mut self) {
-        *self = Self::default();
-    }
-}
-
 /// A drafter service as the orchestrator sees it: one channel shared by every generation.
 #[derive(Clone)]
 pub struct RemoteDrafterService {
@@ -69,7 +47,7 @@ pub struct RemoteDrafterService {
     rt: Handle,
     url: String,
     timeout: Duration,
-    backoff: Arc<Mutex<Backoff>>,
+    health: DrafterHealth,
     info: Arc<Mutex<Option<pb::DrafterInfoResponse>>>,
 }
 
@@ -91,7 +69,7 @@ impl RemoteDrafterService {
             rt,
             url: url.to_owned(),
             timeout,
-            backoff: Arc::default(),
+            health: DrafterHealth::new(format!("drafter service {url}")),
             info: Arc::default(),
         })
     }
@@ -99,6 +77,29 @@ impl RemoteDrafterService {
     /// The service's address.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The service's failures and back-off window, shared by every session.
+    pub fn health(&self) -> &DrafterHealth {
+        &self.health
+    }
+
+    /// Uses other back-off windows than the default 0.5 s doubling to 10 s (tests use short ones).
+    pub fn with_health(mut self, health: DrafterHealth) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// A drafter for one generation that falls back to plain verifier steps while the service is
+    /// down or slow (see [`FallbackDrafter`]); `label` names it in `duet_drafter_fallbacks_total`.
+    pub fn fallback_session(
+        &self,
+        drafter: &str,
+        feature_dim: usize,
+        sampling: Option<pb::SamplingParams>,
+        label: &'static str,
+    ) -> FallbackDrafter {
+        FallbackDrafter::new(Box::new(self.session(drafter, feature_dim, sampling)), self.health.clone(), label)
     }
 
     /// What the service offers; asked once, then remembered.
@@ -195,11 +196,26 @@ impl RemoteDrafter {
         }
     }
 
+    /// One draft call, bounded by the service's deadline here too (connecting included), so a
+    /// slow or unreachable service costs at most that long.
     fn call(&self, msg: pb::DraftRequest) -> Result<pb::DraftResponse, Status> {
         let mut client = self.service.client.clone();
+        let timeout = self.service.timeout;
         let mut req = tonic::Request::new(msg);
-        req.set_timeout(self.service.timeout);
-        self.service.rt.block_on(async move { client.draft(req).await }).map(|r| r.into_inner())
+        req.set_timeout(timeout);
+        let started = std::time::Instant::now();
+        let late = || Status::deadline_exceeded(format!("no draft within {} ms", timeout.as_millis()));
+        self.service
+            .rt
+            .block_on(async move {
+                match tokio::time::timeout(timeout, client.draft(req)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(late()),
+                }
+            })
+            .map(|r| r.into_inner())
+            // tonic's own deadline (the `grpc-timeout` header) may fire first, as CANCELLED.
+            .map_err(|s| if s.code() != Code::DeadlineExceeded && started.elapsed() >= timeout { late() } else { s })
     }
 
     fn forget(&mut self) {
@@ -208,7 +224,12 @@ impl RemoteDrafter {
     }
 
     fn error(&self, s: &Status) -> DraftError {
-        DraftError { drafter: self.name.clone(), reason: format!("{} ({:?}: {})", self.service.url, s.code(), s.message()) }
+        let kind = if s.code() == Code::DeadlineExceeded { DraftFailure::Timeout } else { DraftFailure::Error };
+        DraftError {
+            drafter: self.name.clone(),
+            reason: format!("{} ({:?}: {})", self.service.url, s.code(), s.message()),
+            kind,
+        }
     }
 }
 
@@ -221,10 +242,6 @@ impl Drafter for RemoteDrafter {
         if req.max_len == 0 {
             return Ok(Draft::default());
         }
-        if self.service.backoff.lock().map(|b| b.waiting()).unwrap_or(false) {
-            // The service failed a moment ago: no proposal, the engine takes a plain step.
-            return Ok(Draft::default());
-        }
         let mut res = self.call(self.request(req));
         if matches!(&res, Err(s) if s.code() == Code::FailedPrecondition) {
             // The service lost track of the session: resend the whole context once.
@@ -233,9 +250,6 @@ impl Drafter for RemoteDrafter {
         }
         match res {
             Ok(r) => {
-                if let Ok(mut b) = self.service.backoff.lock() {
-                    b.succeeded();
-                }
                 self.sent.clear();
                 self.sent.extend_from_slice(req.context);
                 self.sent_rows = req.features.map(|f| f.rows()).filter(|_| self.feature_dim > 0).unwrap_or(0);
@@ -247,11 +261,6 @@ impl Drafter for RemoteDrafter {
             }
             Err(s) => {
                 self.forget();
-                if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
-                    && let Ok(mut b) = self.service.backoff.lock()
-                {
-                    b.failed();
-                }
                 Err(self.error(&s))
             }
         }
@@ -278,21 +287,6 @@ impl Drop for RemoteDrafter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let mut b = Backoff::default();
-        assert!(!b.waiting());
-        b.failed();
-        assert!(b.waiting());
-        for _ in 0..40 {
-            b.failed();
-        }
-        let wait = b.retry_at.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default();
-        assert!(wait <= MAX_BACKOFF);
-        b.succeeded();
-        assert!(!b.waiting());
-    }
 
     #[test]
     fn session_ids_are_unique() {

@@ -76,7 +76,7 @@ impl DrafterFactory for ModelDrafters {
     }
 
     fn open(&self, name: &str) -> Result<SessionDrafter, DraftError> {
-        let missing = || DraftError { drafter: name.to_owned(), reason: "not loaded on this drafter service".into() };
+        let missing = || DraftError::new(name, "not loaded on this drafter service");
         match name {
             "ngram" => Ok(SessionDrafter::Engine(Box::new(NgramDrafter::default()))),
             "diffusion" => {
@@ -89,7 +89,7 @@ impl DrafterFactory for ModelDrafters {
                 // The pairing with the verifier's vocabulary is checked by the orchestrator
                 // (`verifier_vocab_size`); here the model is paired with itself.
                 let d = ArModelDrafter::new(m, m.info(), 0.0)
-                    .map_err(|e| DraftError { drafter: name.to_owned(), reason: e.to_string() })?;
+                    .map_err(|e| DraftError::new(name, e.to_string()))?;
                 Ok(SessionDrafter::Engine(Box::new(d)))
             }
             _ => Err(missing()),

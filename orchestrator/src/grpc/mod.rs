@@ -39,6 +39,8 @@ pub use server::{GrpcServer, Health, shutdown_signal};
 pub use verifier_client::{RemoteVerifierSession, RemoteVerifiers};
 pub use verifier_service::{VerifierService, VerifierServiceConfig};
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod validation_tests;

@@ -8,6 +8,9 @@
 //! lower speed), so a missing drafter never refuses a request unless it is known not to offer the
 //! drafter asked for.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use duet_proto::v1 as pb;
 use duet_verifier::{ChatMessage, TokenId};
 use tokio::runtime::Handle;
@@ -27,6 +30,44 @@ pub struct RemoteBackend {
     name: String,
     rt: Handle,
     fim: bool,
+    /// Why the verifiers cannot serve, as the last probe found (None: they answer).
+    down: Mutex<Option<String>>,
+}
+
+/// How often [`watch_verifiers`] probes by default.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Probes the verifiers every `every` and turns the gRPC health (and the backend's
+/// [`Backend::available`], which HTTP `/health` reports) SERVING or NOT_SERVING with them, logging
+/// each change once. Runs until the task is dropped.
+pub async fn watch_verifiers(backend: Arc<RemoteBackend>, health: Option<super::Health>, every: Duration) {
+    let mut serving = None;
+    loop {
+        let probe = backend.verifiers.probe(every.max(Duration::from_millis(500))).await;
+        let up = probe.is_ok();
+        if let Ok(mut d) = backend.down.lock() {
+            *d = probe.as_ref().err().map(|s| s.message().to_owned());
+        }
+        if serving != Some(up) {
+            match &probe {
+                Ok(()) if serving.is_some() => tracing::warn!("the verifiers answer again; serving"),
+                Ok(()) => {}
+                Err(s) => tracing::warn!(
+                    status = %s.message(),
+                    "no verifier answers; requests get UNAVAILABLE / 503 until one does"
+                ),
+            }
+            if let Some(h) = &health {
+                if up {
+                    h.set_serving().await;
+                } else {
+                    h.set_not_serving().await;
+                }
+            }
+            serving = Some(up);
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 fn service_error(what: &str, s: &Status) -> ServiceError {
@@ -34,7 +75,8 @@ fn service_error(what: &str, s: &Status) -> ServiceError {
     match s.code() {
         Code::InvalidArgument => ServiceError::Invalid(msg),
         Code::OutOfRange => ServiceError::ContextLength(msg),
-        Code::ResourceExhausted | Code::Unavailable => ServiceError::Unavailable(msg),
+        Code::Unavailable => ServiceError::Unavailable(format!("no verifier is available ({msg}); retry later")),
+        Code::ResourceExhausted => ServiceError::Unavailable(msg),
         _ => ServiceError::Internal(msg),
     }
 }
@@ -53,7 +95,7 @@ impl RemoteBackend {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| verifiers.info().description.clone());
-        let backend = Self { verifiers, drafter, name, rt, fim };
+        let backend = Self { verifiers, drafter, name, rt, fim, down: Mutex::new(None) };
         match backend.drafter.info().await {
             Ok(info) => {
                 for d in &info.drafters {
@@ -184,12 +226,19 @@ impl Backend for RemoteBackend {
         Ok(Box::new(session))
     }
 
+    fn available(&self) -> Result<(), String> {
+        match self.down.lock().ok().and_then(|d| d.clone()) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
     fn new_drafter(&self, kind: DrafterKind) -> Result<Box<dyn Drafter>, ServiceError> {
         let feature_dim = self
             .described(kind)
             .map(|d| d.feature_dim as usize)
             .filter(|&d| d > 0 && d == self.verifiers.feature_dim())
             .unwrap_or(0);
-        Ok(Box::new(self.drafter.session(kind_name(kind), feature_dim, None)))
+        Ok(Box::new(self.drafter.fallback_session(kind_name(kind), feature_dim, None, kind_name(kind))))
     }
 }

@@ -137,7 +137,13 @@ pub struct LocalServer {
 impl LocalServer {
     /// Binds 127.0.0.1:0 and serves `server` on the current runtime until stopped.
     pub async fn start(server: GrpcServer) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(server, "127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+    }
+
+    /// Binds `addr` (e.g. the address of a server that was stopped, to restart it in place) and
+    /// serves `server` until stopped.
+    pub async fn start_at(server: GrpcServer, addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(

@@ -175,6 +175,22 @@ impl RemoteVerifiers {
         self.replicas.iter().map(|r| r.open.load(Ordering::Relaxed)).collect()
     }
 
+    /// Whether any replica answers `Info` within `timeout` (for health checks). Channels
+    /// reconnect by themselves, so a replica that comes back is seen at the next probe.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), Status> {
+        let mut last = Status::unavailable("no verifier replica");
+        for r in &self.replicas {
+            let mut c = r.client.clone();
+            let call = c.info(request(pb::VerifierInfoRequest {}, timeout));
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(s)) => last = Status::unavailable(format!("verifier {}: {}", r.url, s.message())),
+                Err(_) => last = Status::unavailable(format!("verifier {} did not answer within {timeout:?}", r.url)),
+            }
+        }
+        Err(last)
+    }
+
     /// Replica indices in the order to try them: fewest open sessions first, ties rotating.
     fn order(&self) -> Vec<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +209,9 @@ impl RemoteVerifiers {
         let mut last = Status::unavailable("no verifier replica");
         for i in self.order() {
             match f(self.replicas[i].client.clone()).await {
-                Err(s) if s.code() == Code::Unavailable => last = s,
+                Err(s) if s.code() == Code::Unavailable => {
+                    last = Status::unavailable(format!("verifier {}: {}", self.replicas[i].url, s.message()));
+                }
                 r => return r,
             }
         }
@@ -251,7 +269,7 @@ impl RemoteVerifiers {
                 }
                 Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => {
                     tracing::debug!(replica = %r.url, status = %s, "verifier replica cannot take a session");
-                    last = s;
+                    last = Status::new(s.code(), format!("verifier {}: {}", r.url, s.message()));
                 }
                 Err(s) => return Err(s),
             }

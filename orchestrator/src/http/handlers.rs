@@ -155,6 +155,11 @@ fn now() -> u64 {
 
 pub async fn health(State(state): State<AppState>) -> Response {
     match state.service() {
+        Ok(svc) if svc.available().is_err() => {
+            let reason = svc.available().err().unwrap_or_default();
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "unavailable", "reason": reason })))
+                .into_response()
+        }
         Ok(svc) => {
             let load = svc.load();
             Json(serde_json::json!({

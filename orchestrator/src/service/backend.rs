@@ -6,7 +6,9 @@ use std::sync::Arc;
 use duet_drafter::{DiffusionModel, SamplerConfig};
 use duet_verifier::{ChatMessage, TokenId, Usage, Verifier, VerifierError};
 
-use crate::drafters::{ArModelDrafter, DiffusionDrafter, DrafterKind, HintPolicy, NgramDrafter};
+use crate::drafters::{
+    ArModelDrafter, DiffusionDrafter, DrafterHealth, DrafterKind, FallbackDrafter, HintPolicy, NgramDrafter,
+};
 use crate::engine::{Drafter, Mode, VerifierSession};
 
 use super::ServiceError;
@@ -50,6 +52,11 @@ pub trait Backend: Send + Sync + 'static {
     /// What the local verifier holds now (sessions, KV cache), when there is one in this process.
     fn verifier_usage(&self) -> Option<Usage> {
         None
+    }
+    /// Whether the models can serve now; `Err` says why not (a remote verifier that is down).
+    /// Health checks report it; requests are not refused on it (they find out themselves).
+    fn available(&self) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -185,6 +192,16 @@ impl Backend for Models {
     }
 
     fn new_drafter(&self, kind: DrafterKind) -> Result<Box<dyn Drafter>, ServiceError> {
+        // An in-process drafter's failure may be this generation's own (a context it cannot take),
+        // so each generation backs off on its own rather than sharing one health with the others.
+        let label = crate::grpc::drafter_factory::kind_name(kind);
+        let inner = self.bare_drafter(kind)?;
+        Ok(Box::new(FallbackDrafter::new(inner, DrafterHealth::new(label), label)))
+    }
+}
+
+impl Models {
+    fn bare_drafter(&self, kind: DrafterKind) -> Result<Box<dyn Drafter>, ServiceError> {
         match kind {
             DrafterKind::Ngram => Ok(Box::new(NgramDrafter::default())),
             DrafterKind::ArModel => {

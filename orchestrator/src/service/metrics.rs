@@ -17,6 +17,9 @@ pub const ACCEPTED_LENGTH: &str = "duet_accepted_length_tokens";
 pub const DRAFT_LENGTH: &str = "duet_draft_length_tokens";
 /// Wall time of one drafter proposal, in seconds (histogram, by drafter).
 pub const DRAFTER_STEP: &str = "duet_drafter_step_seconds";
+/// Rounds that went without a draft and took a plain verifier step instead (counter, by drafter
+/// and reason: `error`, `timeout`, or `backoff` while a failed drafter is left alone).
+pub const DRAFTER_FALLBACKS: &str = "duet_drafter_fallbacks_total";
 /// Wall time of one verifier round (AR step or block verification), in seconds (histogram).
 pub const VERIFIER_STEP: &str = "duet_verifier_step_seconds";
 /// Generations holding a session now (gauge).

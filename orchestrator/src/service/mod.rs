@@ -163,6 +163,11 @@ impl GenerationService {
         Ok(GenerationStream { rx })
     }
 
+    /// Whether the models can serve now (a remote verifier may be down); for health checks.
+    pub fn available(&self) -> Result<(), String> {
+        self.inner.backend.available()
+    }
+
     /// The name clients use for the model.
     pub fn model_name(&self) -> &str {
         self.inner.backend.model_name()

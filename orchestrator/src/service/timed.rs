@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use duet_verifier::{TokenId, Verdict, VerifierError};
 
-use crate::engine::{Draft, DraftError, DraftRequest, Drafter, VerifierSession};
+use crate::engine::{Draft, DraftError, DraftFailure, DraftRequest, Drafter, VerifierSession};
 
 use super::metrics as m;
 
@@ -80,7 +80,10 @@ impl Drafter for TimedDrafter<'_> {
     fn propose(&mut self, req: &DraftRequest<'_>) -> Result<Draft, DraftError> {
         let t = Instant::now();
         let d = self.inner.propose(req);
-        metrics::histogram!(m::DRAFTER_STEP, "drafter" => self.name).record(t.elapsed().as_secs_f64());
+        // A round that skipped a backed-off drafter did not draft: it is no drafter step.
+        if !matches!(&d, Err(e) if e.kind == DraftFailure::Backoff) {
+            metrics::histogram!(m::DRAFTER_STEP, "drafter" => self.name).record(t.elapsed().as_secs_f64());
+        }
         d
     }
 }

@@ -278,6 +278,11 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
         }
         Err(EngineError::Cancelled) => return Ok(None),
         Err(EngineError::Invalid(msg)) => return Err(ServiceError::Invalid(msg)),
+        Err(EngineError::Verifier(
+            e @ (duet_verifier::VerifierError::Unavailable(_) | duet_verifier::VerifierError::WorkerGone),
+        )) => {
+            return Err(ServiceError::Unavailable(format!("{e}; retry later")));
+        }
         Err(EngineError::Verifier(e)) => return Err(ServiceError::Internal(format!("the verifier failed: {e}"))),
     };
     let usage = Usage {
