@@ -163,13 +163,21 @@ class OpenAIClientTest(unittest.TestCase):
         self.assertEqual(r.choices[0].text, full[: full.index(stop)])
         self.assertEqual(r.choices[0].finish_reason, "stop")
 
+    def test_seeded_sampling_repeats(self):
+        ask = dict(model=self.model, messages=[{"role": "user", "content": "Name a fruit."}],
+                   max_tokens=12, temperature=0.9, top_p=0.95, seed=11)
+        a = self.client.chat.completions.create(**ask)
+        b = self.client.chat.completions.create(**ask)
+        self.assertTrue(a.choices[0].message.content)
+        self.assertEqual(a.choices[0].message.content, b.choices[0].message.content)
+
     def test_errors_come_back_as_openai_errors(self):
         with self.assertRaises(openai.BadRequestError) as e:
             self.client.completions.create(model=self.model, prompt="x", n=2)
         self.assertIn("`n`", str(e.exception))
         with self.assertRaises(openai.BadRequestError) as e:
             self.client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": "hi"}], temperature=0.7)
+                model=self.model, messages=[{"role": "user", "content": "hi"}], temperature=2.5)
         self.assertIn("`temperature`", str(e.exception))
         with self.assertRaises(openai.NotFoundError):
             self.client.completions.create(model="gpt-4o", prompt="x")

@@ -49,7 +49,7 @@ pub struct ServeArgs {
     pub max_queued: usize,
     /// Drafters to load (comma-separated): requests may choose any of them. `diffusion` loads
     /// --drafter-checkpoint, `ar-model` loads --drafter-model.
-    #[arg(long, env = "DUET_DRAFTERS", value_enum, value_delimiter = ',', default_value = "ngram")]
+    #[arg(long, env = "DUET_DRAFTERS", value_enum, value_delimiter = ',', default_value = "ngram,diffusion")]
     pub drafters: Vec<DrafterKind>,
     /// Mode of requests that do not choose one (`mode` field).
     #[arg(long, value_enum, default_value_t = Mode::Hybrid)]

@@ -119,19 +119,12 @@ pub fn to_request(r: pb::GenerateRequest) -> Result<GenerationRequest, Status> {
     };
     let sampling = match r.sampling {
         None => Sampling::default(),
-        Some(s) => {
-            if s.top_k != 0 {
-                return Err(invalid(
-                    "sampling.top_k",
-                    format!("is not supported yet (got {}): Duet decodes greedily; send 0", s.top_k),
-                ));
-            }
-            Sampling {
-                temperature: (s.temperature != 0.0).then_some(f64::from(s.temperature)),
-                top_p: (s.top_p != 0.0).then_some(f64::from(s.top_p)),
-                seed: (s.seed != 0).then_some(s.seed),
-            }
-        }
+        Some(s) => Sampling {
+            temperature: (s.temperature != 0.0).then_some(f64::from(s.temperature)),
+            top_p: (s.top_p != 0.0).then_some(f64::from(s.top_p)),
+            top_k: (s.top_k != 0).then_some(u64::from(s.top_k)),
+            seed: (s.seed != 0).then_some(s.seed),
+        },
     };
     let mut req = GenerationRequest::new(prompt);
     req.max_tokens = (r.max_tokens != 0).then_some(r.max_tokens as usize);
@@ -248,8 +241,8 @@ mod tests {
             (pb::GenerateRequest { block_size: 999, ..req() }, "`block_size`"),
             (pb::GenerateRequest { max_tokens: 1 << 20, ..req() }, "`max_tokens`"),
             (
-                pb::GenerateRequest { sampling: Some(pb::SamplingParams { top_k: 5, ..Default::default() }), ..req() },
-                "`sampling.top_k`",
+                pb::GenerateRequest { sampling: Some(pb::SamplingParams { temperature: 3.0, ..Default::default() }), ..req() },
+                "`temperature`",
             ),
         ];
         for (r, field) in cases {

@@ -36,6 +36,7 @@ struct Common {
     max_tokens: Option<i64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
+    top_k: Option<u64>,
     n: Option<i64>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
@@ -83,7 +84,7 @@ struct ChatOnly {
 /// Fields of both endpoints, including those accepted without effect on the output (`user`,
 /// `store`, `metadata`, `service_tier`, `parallel_tool_calls`).
 const COMMON_FIELDS: &[&str] = &[
-    "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "presence_penalty",
+    "model", "max_tokens", "temperature", "top_p", "top_k", "n", "stream", "stream_options", "stop", "presence_penalty",
     "frequency_penalty", "logit_bias", "seed", "user", "mode", "drafter", "block_size",
 ];
 const COMPLETION_FIELDS: &[&str] = &["prompt", "suffix", "logprobs", "echo", "best_of"];
@@ -301,6 +302,10 @@ fn finish(prompt: Prompt, max_tokens: Option<usize>, c: Common) -> Result<Parsed
         Some(k) if (1..=MAX_BLOCK_SIZE as i64).contains(&k) => Some(k as usize),
         Some(k) => return Err(ApiError::invalid(format!("`block_size` must be between 1 and {MAX_BLOCK_SIZE}, got {k}"))),
     };
+    let seed = match c.seed {
+        Some(s) if s < 0 => return Err(ApiError::invalid(format!("`seed` must be between 0 and {}, got {s}", i64::MAX))),
+        s => s.map(|s| s as u64),
+    };
     let request = GenerationRequest {
         prompt,
         max_tokens,
@@ -308,7 +313,7 @@ fn finish(prompt: Prompt, max_tokens: Option<usize>, c: Common) -> Result<Parsed
         drafter,
         block_size,
         stop,
-        sampling: Sampling { temperature: c.temperature, top_p: c.top_p, seed: c.seed.map(|s| s as u64) },
+        sampling: Sampling { temperature: c.temperature, top_p: c.top_p, top_k: c.top_k, seed },
         timeout: None,
     };
     request.validate()?;

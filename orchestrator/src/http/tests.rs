@@ -209,8 +209,9 @@ async fn fields_that_would_change_the_result_are_refused_by_name() {
     let chat = "/v1/chat/completions";
     let m = json!([{"role": "user", "content": "hi"}]);
     expect_error(json!({"prompt": "x", "n": 2}), c, StatusCode::BAD_REQUEST, "`n` must be 1").await;
-    expect_error(json!({"prompt": "x", "temperature": 0.7}), c, StatusCode::BAD_REQUEST, "`temperature` > 0 is not supported yet").await;
-    expect_error(json!({"messages": m, "top_p": 0.5}), chat, StatusCode::BAD_REQUEST, "`top_p` < 1").await;
+    expect_error(json!({"prompt": "x", "temperature": 0.7, "mode": "diffusion"}), c, StatusCode::BAD_REQUEST, "`temperature` > 0 needs mode").await;
+    expect_error(json!({"messages": m, "top_p": 0.0}), chat, StatusCode::BAD_REQUEST, "`top_p` must be in (0, 1]").await;
+    expect_error(json!({"prompt": "x", "seed": -3}), c, StatusCode::BAD_REQUEST, "`seed` must be between 0 and").await;
     expect_error(json!({"prompt": "x", "logprobs": 2}), c, StatusCode::BAD_REQUEST, "`logprobs`").await;
     expect_error(json!({"messages": m, "logprobs": true}), chat, StatusCode::BAD_REQUEST, "`logprobs`").await;
     expect_error(json!({"messages": m, "tools": [{"type": "function"}]}), chat, StatusCode::BAD_REQUEST, "`tools`").await;

@@ -87,7 +87,7 @@ async fn every_refusal_names_the_field_in_param_and_the_limit_in_the_message() {
     refused(&app, chat, json!({"messages": [{"content": "x"}]}), bad, Some("messages[0].role"), "is required").await;
     refused(&app, chat, json!({"messages": [{"role": "user", "content": 5}]}), bad, Some("messages[0].content"), "string or an array").await;
     refused(&app, chat, json!({"messages": [{"role": "user", "x y": 1}]}), bad, Some("messages[0].x y"), "not supported").await;
-    refused(&app, c, json!({"prompt": "x", "top_k": 5}), bad, Some("top_k"), "not a supported field").await;
+    refused(&app, c, json!({"prompt": "x", "top_k": 200000}), bad, Some("top_k"), "between 0 and 100000, got 200000").await;
     refused(&app, c, json!({"prompt": "x", "a.b c": 1}), bad, Some("a.b c"), "not a supported field").await;
     // Wrong JSON types: 422 naming the field.
     refused(&app, c, json!({"prompt": "x", "max_tokens": 1.5}), wrong_type, Some("max_tokens"), "invalid type").await;

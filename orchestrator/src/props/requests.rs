@@ -209,13 +209,14 @@ fn any_request() -> impl Strategy<Value = GenerationRequest> {
         (".{0,4}", ".{0,4}").prop_map(|(prefix, suffix)| Prompt::Infill { prefix, suffix }),
     ];
     let sizes = prop::option::of(prop_oneof![0usize..300, any::<usize>()]);
-    (prompt, sizes.clone(), sizes, prop::collection::vec(".{0,300}", 0..20), any_f64(), any_f64(), any::<Option<u64>>())
-        .prop_map(|(prompt, max_tokens, block_size, stop, temperature, top_p, seed)| {
+    let top_k = any::<Option<u64>>();
+    (prompt, sizes.clone(), sizes, prop::collection::vec(".{0,300}", 0..20), any_f64(), any_f64(), top_k, any::<Option<u64>>())
+        .prop_map(|(prompt, max_tokens, block_size, stop, temperature, top_p, top_k, seed)| {
             let mut r = GenerationRequest::new(prompt);
             r.max_tokens = max_tokens;
             r.block_size = block_size;
             r.stop = stop;
-            r.sampling = Sampling { temperature, top_p, seed };
+            r.sampling = Sampling { temperature, top_p, top_k, seed };
             r
         })
 }

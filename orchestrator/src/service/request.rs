@@ -37,51 +37,59 @@ pub enum Prompt {
     },
 }
 
-/// Sampling settings as the client sent them.
-///
-/// Hook for sampling (issue 6): the engine decodes greedily only, so a request that asks for
-/// anything else is refused rather than silently run greedy. When the engine gains temperature /
-/// top-p sampling, pass these into `GenerateParams` in `worker.rs` and drop the refusals in
-/// [`Sampling::validate`].
+/// Sampling settings as the client sent them. Absent or zero temperature is greedy decoding (unlike
+/// OpenAI's default of 1: Duet's answers are reproducible unless a client asks otherwise).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sampling {
-    /// Softmax temperature; absent or 0 is greedy.
+    /// Softmax temperature, 0 to [`MAX_TEMPERATURE`]; absent or 0 is greedy.
     pub temperature: Option<f64>,
-    /// Nucleus sampling mass; absent or 1 keeps every token.
+    /// Nucleus sampling mass, in (0, 1]; absent or 1 keeps every token.
     pub top_p: Option<f64>,
-    /// Seed of the random draws (no effect on greedy decoding, which is deterministic).
+    /// Keep only the k most likely tokens, 0 to [`MAX_TOP_K`]; absent or 0 keeps all.
+    pub top_k: Option<u64>,
+    /// Seed of the random draws; absent: a fresh one per request. No effect on greedy decoding.
     pub seed: Option<u64>,
 }
+
+/// Largest temperature a request may ask for (OpenAI's limit).
+pub const MAX_TEMPERATURE: f64 = 2.0;
+/// Largest `top_k` (beyond a few thousand it keeps every token that matters anyway).
+pub const MAX_TOP_K: u64 = 100_000;
 
 impl Sampling {
     /// Whether this is greedy decoding.
     pub fn is_greedy(&self) -> bool {
-        self.temperature.unwrap_or(0.0) == 0.0 && self.top_p.unwrap_or(1.0) == 1.0
+        self.temperature.unwrap_or(0.0) == 0.0
     }
 
-    /// Checks ranges, then refuses what the engine cannot do yet.
+    /// Checks every field against its limit; the message names the field.
     pub fn validate(&self) -> Result<(), ServiceError> {
-        if let Some(t) = self.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(ServiceError::Invalid(format!("`temperature` must be between 0 and 2, got {t}")));
-            }
-            if t > 0.0 {
-                return Err(ServiceError::Invalid(format!(
-                    "`temperature` > 0 is not supported yet (got {t}): Duet decodes greedily; send 0 or leave it out"
-                )));
-            }
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&t))
+        {
+            return Err(ServiceError::Invalid(format!("`temperature` must be between 0 and {MAX_TEMPERATURE}, got {t}")));
         }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(ServiceError::Invalid(format!("`top_p` must be in (0, 1], got {p}")));
-            }
-            if p < 1.0 {
-                return Err(ServiceError::Invalid(format!(
-                    "`top_p` < 1 is not supported yet (got {p}): Duet decodes greedily; send 1 or leave it out"
-                )));
-            }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(ServiceError::Invalid(format!("`top_p` must be in (0, 1], got {p}")));
+        }
+        if let Some(k) = self.top_k
+            && k > MAX_TOP_K
+        {
+            return Err(ServiceError::Invalid(format!("`top_k` must be between 0 and {MAX_TOP_K}, got {k}")));
         }
         Ok(())
+    }
+
+    /// The verifier's settings for this request; `fresh_seed` when the client sent none.
+    pub fn params(&self, fresh_seed: u64) -> duet_verifier::SamplingParams {
+        duet_verifier::SamplingParams {
+            temperature: self.temperature.unwrap_or(0.0) as f32,
+            top_k: self.top_k.unwrap_or(0) as usize,
+            top_p: self.top_p.unwrap_or(1.0) as f32,
+            seed: self.seed.unwrap_or(fresh_seed),
+        }
     }
 }
 
@@ -176,7 +184,14 @@ impl GenerationRequest {
                 s.len()
             )));
         }
-        self.sampling.validate()
+        self.sampling.validate()?;
+        if self.mode == Some(Mode::Diffusion) && !self.sampling.is_greedy() {
+            return Err(invalid(
+                "`temperature` > 0 needs mode `ar` or `hybrid`: diffusion-only output is the drafter's own, drafted at \
+                 the server's --draft-temperature",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -195,23 +210,34 @@ mod tests {
     #[test]
     fn greedy_settings_pass() {
         let mut r = text();
-        r.sampling = Sampling { temperature: Some(0.0), top_p: Some(1.0), seed: Some(7) };
+        r.sampling = Sampling { temperature: Some(0.0), top_p: Some(1.0), top_k: None, seed: Some(7) };
         assert_eq!(r.validate(), Ok(()));
     }
 
     #[test]
-    fn a_positive_temperature_is_refused_naming_the_field() {
+    fn sampling_settings_within_their_limits_pass_and_reach_the_verifier() {
         let mut r = text();
-        r.sampling.temperature = Some(0.7);
-        let e = r.validate().expect_err("refused").to_string();
-        assert!(e.contains("`temperature` > 0 is not supported yet"), "{e}");
+        r.sampling = Sampling { temperature: Some(0.7), top_p: Some(0.9), top_k: Some(40), seed: None };
+        assert_eq!(r.validate(), Ok(()));
+        let p = r.sampling.params(99);
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.seed), (0.7, 0.9, 40, 99));
     }
 
     #[test]
-    fn top_p_below_one_is_refused_naming_the_field() {
+    fn sampling_values_out_of_range_name_the_field_and_the_limit() {
         let mut r = text();
-        r.sampling.top_p = Some(0.9);
-        assert!(r.validate().expect_err("refused").to_string().contains("`top_p` < 1"));
+        r.sampling.temperature = Some(2.5);
+        assert!(r.validate().expect_err("refused").to_string().contains("`temperature` must be between 0 and 2"));
+        let mut r = text();
+        r.sampling.top_p = Some(0.0);
+        assert!(r.validate().expect_err("refused").to_string().contains("`top_p` must be in (0, 1]"));
+        let mut r = text();
+        r.sampling.top_k = Some(MAX_TOP_K + 1);
+        assert!(r.validate().expect_err("refused").to_string().contains("`top_k` must be between 0 and 100000"));
+        let mut r = text();
+        r.mode = Some(Mode::Diffusion);
+        r.sampling.temperature = Some(0.5);
+        assert!(r.validate().expect_err("refused").to_string().contains("needs mode `ar` or `hybrid`"));
     }
 
     #[test]

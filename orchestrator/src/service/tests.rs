@@ -109,7 +109,7 @@ fn the_context_limit_ends_a_long_generation() {
 fn unsupported_requests_are_refused_before_admission() {
     let svc = scripted();
     let mut r = request("x");
-    r.sampling.temperature = Some(0.8);
+    r.sampling.temperature = Some(2.8);
     assert!(matches!(svc.submit(r), Err(ServiceError::Invalid(m)) if m.contains("`temperature`")));
     let mut r = request("x");
     r.drafter = Some(DrafterKind::Diffusion);

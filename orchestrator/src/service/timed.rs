@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use duet_verifier::{TokenId, Verdict, VerifierError};
+use duet_verifier::{SamplingParams, SparseDist, TokenId, Verdict, VerifierError};
 
 use crate::engine::{Draft, DraftError, DraftFailure, DraftRequest, Drafter, VerifierSession};
 
@@ -27,6 +27,23 @@ impl<'a> TimedSession<'a> {
     pub fn new(inner: &'a mut dyn VerifierSession, drafter: &'static str, hybrid: bool) -> Self {
         Self { inner, drafter, rounds: 0, drafted: 0, accepted: 0, verifier_s: 0.0, hybrid }
     }
+
+    /// Counts one round of `drafted` drafts, `accepted` of them accepted, that took `dt` seconds.
+    fn record(&mut self, drafted: usize, accepted: usize, dt: f64) {
+        self.verifier_s += dt;
+        self.rounds += 1;
+        metrics::histogram!(m::VERIFIER_STEP).record(dt);
+        if self.hybrid {
+            metrics::histogram!(m::DRAFT_LENGTH, "drafter" => self.drafter).record(drafted as f64);
+        }
+        if drafted > 0 {
+            self.drafted += drafted;
+            self.accepted += accepted;
+            metrics::counter!(m::DRAFTED_TOKENS, "drafter" => self.drafter).increment(drafted as u64);
+            metrics::counter!(m::ACCEPTED_TOKENS, "drafter" => self.drafter).increment(accepted as u64);
+            metrics::histogram!(m::ACCEPTED_LENGTH, "drafter" => self.drafter).record(accepted as f64);
+        }
+    }
 }
 
 impl VerifierSession for TimedSession<'_> {
@@ -44,25 +61,23 @@ impl VerifierSession for TimedSession<'_> {
     fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
         let t = Instant::now();
         let v = if draft.is_empty() { self.inner.step()? } else { self.inner.verify(draft)? };
-        let dt = t.elapsed().as_secs_f64();
-        self.verifier_s += dt;
-        self.rounds += 1;
-        metrics::histogram!(m::VERIFIER_STEP).record(dt);
-        if self.hybrid {
-            metrics::histogram!(m::DRAFT_LENGTH, "drafter" => self.drafter).record(draft.len() as f64);
-        }
-        if !draft.is_empty() {
-            self.drafted += draft.len();
-            self.accepted += v.accepted;
-            metrics::counter!(m::DRAFTED_TOKENS, "drafter" => self.drafter).increment(draft.len() as u64);
-            metrics::counter!(m::ACCEPTED_TOKENS, "drafter" => self.drafter).increment(v.accepted as u64);
-            metrics::histogram!(m::ACCEPTED_LENGTH, "drafter" => self.drafter).record(v.accepted as f64);
-        }
+        self.record(draft.len(), v.accepted, t.elapsed().as_secs_f64());
         Ok(v)
     }
 
     fn room(&self) -> usize {
         self.inner.room()
+    }
+
+    fn set_sampling(&mut self, sampling: &SamplingParams) -> Result<(), VerifierError> {
+        self.inner.set_sampling(sampling)
+    }
+
+    fn verify_with(&mut self, draft: &[TokenId], q: &[SparseDist]) -> Result<Verdict, VerifierError> {
+        let t = Instant::now();
+        let v = if draft.is_empty() { self.inner.step()? } else { self.inner.verify_with(draft, q)? };
+        self.record(draft.len(), v.accepted, t.elapsed().as_secs_f64());
+        Ok(v)
     }
 }
 

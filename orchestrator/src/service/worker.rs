@@ -193,7 +193,13 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
         )));
     }
     let max_tokens = job.request.max_tokens.unwrap_or(ctx - prompt.len()).min(MAX_TOKENS_LIMIT);
-    let params = GenerateParams { max_tokens, mode: job.mode, block_size: job.block_size, ..GenerateParams::default() };
+    let params = GenerateParams {
+        max_tokens,
+        mode: job.mode,
+        block_size: job.block_size,
+        sampling: job.request.sampling.params(fresh_seed()),
+        ..GenerateParams::default()
+    };
     let drafter_kind = if job.mode == Mode::Diffusion { DrafterKind::Diffusion } else { job.drafter };
     let mut drafter: Option<Box<dyn Drafter>> = match job.mode {
         Mode::Ar => None,
@@ -283,6 +289,10 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
         )) => {
             return Err(ServiceError::Unavailable(format!("{e}; retry later")));
         }
+        // A request the verifier refuses (e.g. sampling on a remote verifier that only decodes greedily).
+        Err(EngineError::Verifier(duet_verifier::VerifierError::InvalidRequest(msg))) if out.tokens == 0 => {
+            return Err(ServiceError::Invalid(msg));
+        }
         Err(EngineError::Verifier(e)) => return Err(ServiceError::Internal(format!("the verifier failed: {e}"))),
     };
     let usage = Usage {
@@ -292,6 +302,14 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
         accepted_tokens: stats.accepted,
     };
     Ok(Some(Finished { reason, usage, stats }))
+}
+
+/// A seed for a request that sent none: differs between requests, like OpenAI's unseeded sampling.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
 }
 
 /// Turns accepted tokens into released text: UTF-8 completion, stop strings, latency metrics.
