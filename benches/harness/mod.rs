@@ -86,9 +86,14 @@ pub struct BenchArgs {
     /// [default: the suite line's, else 128; 32 with --quick].
     #[arg(long)]
     pub max_tokens: Option<usize>,
-    /// Draft tokens per round in the hybrid modes, and block length of the diffusion mode (1 to 256).
+    /// Most draft tokens per round in the hybrid modes, and block length of the diffusion mode (1 to 256).
     #[arg(long, default_value_t = 8)]
     pub block_size: usize,
+    /// How many drafts a hybrid round sends (in process): `cost-aware`, as `duet generate` by
+    /// default, picks the length with the most expected tokens per unit of time under the cost curve
+    /// this run measures (none when a plain step pays better); `fixed` sends everything proposed.
+    #[arg(long, value_enum, default_value_t = DraftLength::CostAware)]
+    pub draft_length: DraftLength,
     /// Also measure through a running `duet serve` at this base URL (e.g. http://127.0.0.1:8080):
     /// `POST /v1/completions`, streamed. The server should run the same models and threads.
     #[arg(long, value_name = "URL")]
@@ -105,6 +110,16 @@ pub struct BenchArgs {
     pub models: ModelArgs,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,
+}
+
+/// The draft-length policy of the hybrid modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DraftLength {
+    /// The engine's cost-aware policy over the measured cost curve.
+    CostAware,
+    /// Every proposed draft, up to the block size.
+    Fixed,
 }
 
 /// A suite ready to run.
@@ -219,7 +234,15 @@ fn load_models(args: &BenchArgs, modes: &[BenchMode], sessions: u32, in_process:
     }
     let drafting_model = if wants(BenchMode::HybridArModel) && in_process { Some(args.models.load_drafter_model(sessions)?) } else { None };
     let features = verifier_features(diffusion.as_deref(), &verifier) && wants(BenchMode::HybridDiffusion);
-    let models = Models { verifier, features, diffusion, sampler: args.diffusion.sampler()?, hints: args.diffusion.draft_hints, drafting_model };
+    let models = Models {
+        verifier,
+        features,
+        diffusion,
+        sampler: args.diffusion.sampler()?,
+        hints: args.diffusion.draft_hints,
+        drafting_model,
+        draft_policy: crate::engine::DraftPolicy::Fixed,
+    };
     Ok((models, skipped))
 }
 
@@ -254,7 +277,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating --out {}", args.out.display()))?;
     let in_process = !args.server_only;
     let sessions = *levels.last().unwrap_or(&1) as u32;
-    let (models, skipped) = load_models(&args, &modes, sessions, in_process)?;
+    let (mut models, skipped) = load_models(&args, &modes, sessions, in_process)?;
     let modes: Vec<BenchMode> = modes.into_iter().filter(|m| !skipped.iter().any(|s| s.mode == *m)).collect();
     for s in &skipped {
         eprintln!("duet bench: skipping {}: {}", s.mode.label(), s.reason);
@@ -305,6 +328,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The cost curve first: the cost-aware hybrid modes draft by it.
+    let cost_curve = if in_process {
+        bar.set_message("verifier cost curve");
+        cost::measure(&models.verifier, &first.tokens, &ks, reps, || bar.inc(1))?
+    } else {
+        Vec::new()
+    };
+    if in_process && args.draft_length == DraftLength::CostAware {
+        let ks: Vec<usize> = cost_curve.iter().map(|p| p.k).collect();
+        let times: Vec<f64> = cost_curve.iter().map(|p| p.median_s).collect();
+        let curve = crate::engine::CostCurve::from_times(&ks, &times).map_err(|e| anyhow::anyhow!("the measured cost curve: {e}"))?;
+        models.draft_policy = crate::engine::DraftPolicy::CostAware(curve);
+    }
+
     let mut samples = Vec::new();
     let mut walls: HashMap<CellKey, f64> = HashMap::new();
     for &transport in &transports {
@@ -335,12 +372,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
-    let cost_curve = if in_process {
-        bar.set_message("verifier cost curve");
-        cost::measure(&models.verifier, &first.tokens, &ks, reps, || bar.inc(1))?
-    } else {
-        Vec::new()
-    };
     bar.finish_and_clear();
     machine.finish();
 
@@ -359,6 +390,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             threads: args.models.threads.unwrap_or_else(duet_verifier::config::default_threads),
             rayon_threads: std::env::var("RAYON_NUM_THREADS").ok(),
             block_size: args.block_size,
+            draft_length: args.draft_length,
             quick: args.quick,
             modes: modes.clone(),
             concurrency: levels.clone(),

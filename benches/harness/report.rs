@@ -107,6 +107,8 @@ pub struct RunConfig {
     pub rayon_threads: Option<String>,
     /// Draft block size.
     pub block_size: usize,
+    /// How hybrid rounds chose their draft length.
+    pub draft_length: super::DraftLength,
     /// `--quick`.
     pub quick: bool,
     /// Modes measured.
@@ -158,13 +160,17 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "## duet bench — {}", c.verifier);
     let _ = writeln!(
         o,
-        "\n{} ({} cores, {} GiB, {}), {} threads, block {}, {}; load average {} → {}{}\n",
+        "\n{} ({} cores, {} GiB, {}), {} threads, block {} ({}), {}; load average {} → {}{}\n",
         m.cpu,
         m.cores,
         m.memory_gib,
         m.os,
         c.threads,
         c.block_size,
+        match c.draft_length {
+            super::DraftLength::CostAware => "cost-aware draft length",
+            super::DraftLength::Fixed => "fixed draft length",
+        },
         c.started_utc,
         opt(m.load_average[0], |l| format!("{l:.2}")),
         opt(m.load_average[1], |l| format!("{l:.2}")),

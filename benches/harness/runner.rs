@@ -11,7 +11,7 @@ use duet_verifier::{TokenId, Verifier};
 use super::modes::{BenchMode, Transport};
 use super::sample::{DeliveryClock, Output, Sample, rate};
 use crate::drafters::{ArModelDrafter, DiffusionDrafter, HintPolicy, NgramDrafter};
-use crate::engine::{self, Drafter, GenerateParams, Generation, StopReason};
+use crate::engine::{self, DraftPolicy, Drafter, GenerateParams, Generation, StopReason};
 
 /// A suite prompt made ready: its text as sent to a server and its tokens as the verifier sees them.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct Models {
     pub hints: HintPolicy,
     /// The small AR drafting model, when `hybrid-ar-model` runs.
     pub drafting_model: Option<Verifier>,
+    /// How the hybrid modes choose their draft length.
+    pub draft_policy: DraftPolicy,
 }
 
 impl Models {
@@ -64,7 +66,8 @@ impl Models {
     /// Generates `prompt` in `mode`, timing every delivery of tokens.
     pub fn generate(&self, mode: BenchMode, prompt: &PreparedPrompt, block_size: usize, max_tokens: usize) -> anyhow::Result<(Generation, super::sample::Deliveries)> {
         let info = self.verifier.info();
-        let params = GenerateParams { max_tokens, mode: mode.engine_mode(), block_size, ..GenerateParams::default() };
+        let draft_policy = if mode.engine_mode() == crate::engine::Mode::Hybrid { self.draft_policy.clone() } else { DraftPolicy::Fixed };
+        let params = GenerateParams { max_tokens, mode: mode.engine_mode(), block_size, draft_policy, ..GenerateParams::default() };
         let is_eog = |t: TokenId| info.is_eog(t);
         let mut clock = DeliveryClock::start();
         let mut drafter = self.drafter(mode)?;
