@@ -191,6 +191,8 @@ async fn connect(
         drafter: args.default_drafter,
         block_size: args.block_size,
         request_timeout: (args.request_timeout > 0).then(|| std::time::Duration::from_secs(args.request_timeout)),
+        // The remote verifier service has no cost measurement call: every proposed draft is sent.
+        draft_policy: crate::engine::DraftPolicy::Fixed,
     };
     let service = GenerationService::start(backend.clone(), config).context("starting the generation threads")?;
     Ok((service, backend))

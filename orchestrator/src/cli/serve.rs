@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use super::generate::DraftLength;
 use super::options::{DiffusionArgs, ModelArgs};
 use crate::drafters::DrafterKind;
-use crate::engine::{MAX_BLOCK_SIZE, Mode};
+use crate::engine::{DraftPolicy, MAX_BLOCK_SIZE, Mode};
 use crate::grpc::server::DEFAULT_DRAIN;
 use crate::grpc::{GrpcServer, OrchestratorService};
 use crate::http::{self, AppState, DEFAULT_MAX_BODY_BYTES};
@@ -64,6 +65,11 @@ pub struct ServeArgs {
     /// stopped with 504 / DEADLINE_EXCEEDED after the output so far.
     #[arg(long, env = "DUET_REQUEST_TIMEOUT", default_value_t = crate::service::DEFAULT_REQUEST_TIMEOUT.as_secs())]
     pub request_timeout: u64,
+    /// How hybrid rounds pick their draft length: `cost-aware` measures the verifier's cost curve at
+    /// start-up (cached per model, threads and context) and sends the length with the most expected
+    /// tokens per unit of time, none when a plain step pays better; `fixed` sends every draft.
+    #[arg(long, value_enum, env = "DUET_DRAFT_LENGTH", default_value_t = DraftLength::CostAware)]
+    pub draft_length: DraftLength,
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, env = "DUET_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -269,6 +275,10 @@ fn load(args: &ServeArgs) -> anyhow::Result<GenerationService> {
     } else {
         None
     };
+    let draft_policy = match args.draft_length {
+        DraftLength::Fixed => DraftPolicy::Fixed,
+        DraftLength::CostAware => DraftPolicy::CostAware(serve_cost_curve(args, &verifier)?),
+    };
     let name = args.served_model_name.clone().unwrap_or_else(|| model_name(&info.path));
     let models = Models::new(verifier, name, drafting, diffusion).context("pairing the drafters with the verifier")?;
     if !models.has_fim() {
@@ -281,8 +291,30 @@ fn load(args: &ServeArgs) -> anyhow::Result<GenerationService> {
         drafter: args.drafter,
         block_size: args.block_size,
         request_timeout: (args.request_timeout > 0).then(|| std::time::Duration::from_secs(args.request_timeout)),
+        draft_policy,
     };
     Ok(GenerationService::start(Arc::new(models), config)?)
+}
+
+/// Text whose tokens stand for a typical context when the cost curve is measured at start-up.
+const COST_CONTEXT: &str = "def merge_sorted(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n";
+
+/// The verifier's cost curve for drafts up to the largest block, at a context of 256 tokens: from the
+/// cache, else measured now (a second or two). Every request drafts by it, whatever its length.
+fn serve_cost_curve(args: &ServeArgs, verifier: &duet_verifier::Verifier) -> anyhow::Result<crate::engine::CostCurve> {
+    let one = verifier.tokenize(COST_CONTEXT, false).context("tokenizing the cost-curve context")?;
+    let context: Vec<_> = one.iter().copied().cycle().take(256.min(verifier.info().ctx_size / 2)).collect();
+    let threads = args.models.threads.unwrap_or_else(duet_verifier::config::default_threads);
+    let cache = crate::costs::default_cache_path();
+    let max_len = args.block_size.min(MAX_BLOCK_SIZE).min(verifier.info().ctx_size / 4).max(1);
+    let (curve, measured) = crate::costs::cost_curve(verifier, &context, max_len, threads, cache.as_deref(), false)?;
+    eprintln!(
+        "duet: verify cost curve{} (step {:.1} ms): c(k) = {}",
+        if measured { " measured" } else { " from the cache" },
+        curve.step_s * 1e3,
+        curve.costs.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" ")
+    );
+    Ok(curve)
 }
 
 /// The verifier's file name without `.gguf`.

@@ -39,7 +39,7 @@ pub use request::{GenerationRequest, MAX_PROMPT_BYTES, MAX_STOP_LEN, MAX_STOP_ST
 pub use stop::{Released, StopMatcher};
 
 use crate::drafters::DrafterKind;
-use crate::engine::{MAX_BLOCK_SIZE, Mode};
+use crate::engine::{DraftPolicy, MAX_BLOCK_SIZE, Mode};
 use worker::{Job, Load};
 
 /// Limits and per-request defaults of a service.
@@ -59,6 +59,9 @@ pub struct ServiceConfig {
     /// [`ServiceError::Timeout`]; `None` for no limit. A request may ask for less
     /// ([`GenerationRequest::timeout`]), never more.
     pub request_timeout: Option<Duration>,
+    /// How hybrid generations choose their draft length (`duet serve` measures a cost curve at
+    /// start-up and drafts cost-aware; [`DraftPolicy::Fixed`] sends every proposed draft).
+    pub draft_policy: DraftPolicy,
 }
 
 /// Default of [`ServiceConfig::request_timeout`]: ten minutes, longer than any generation of the
@@ -74,6 +77,7 @@ impl Default for ServiceConfig {
             drafter: DrafterKind::Ngram,
             block_size: 8,
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            draft_policy: DraftPolicy::Fixed,
         }
     }
 }
@@ -155,7 +159,8 @@ impl GenerationService {
         };
         let slot = self.inner.load.admit()?;
         let (tx, rx) = unbounded_channel();
-        let job = Job { request, mode, drafter, block_size, events: tx, admitted: Instant::now(), timeout, slot };
+        let draft_policy = if mode == Mode::Hybrid { cfg.draft_policy.clone() } else { DraftPolicy::Fixed };
+        let job = Job { request, mode, drafter, block_size, draft_policy, events: tx, admitted: Instant::now(), timeout, slot };
         self.inner
             .jobs
             .send(job)
