@@ -58,6 +58,8 @@ fn quick_bench_runs_every_mode_and_writes_json_table_and_plots() {
     let args = [
         "bench", "--quick", "--suite", suite.to_str().expect("utf-8"), "--suite", chat.to_str().expect("utf-8"),
         "--limit", "2", "--max-tokens", "16", "--block-size", "4", "--concurrency", "1,2", "--cost-ks", "1,4",
+        // Every draft sent, so every hybrid column has data (the cost-aware default may send none).
+        "--draft-length", "fixed",
         "--verifier-model", model.to_str().expect("utf-8"), "--drafter-model", model.to_str().expect("utf-8"),
         "--drafter-checkpoint", drafter.to_str().expect("utf-8"), "--ctx-size", "1024", "--out", out.to_str().expect("utf-8"),
     ];
@@ -70,6 +72,7 @@ fn quick_bench_runs_every_mode_and_writes_json_table_and_plots() {
 
     let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).expect("json");
     assert_eq!(json["mismatches"].as_array().expect("mismatches").len(), 0);
+    assert_eq!(json["config"]["draft_length"], "fixed");
     assert_eq!(json["skipped"].as_array().expect("skipped").len(), 0, "{}", json["skipped"]);
     let modes = ["ar", "hybrid-diffusion", "hybrid-ngram", "hybrid-ar-model", "diffusion"];
     let samples = json["samples"].as_array().expect("samples");
