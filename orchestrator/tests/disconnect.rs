@@ -2,7 +2,8 @@
 //! verifier's open sessions and its KV cache all return to zero. Real Qwen2.5-Coder-0.5B behind the
 //! HTTP router (no socket: dropping the response body is the disconnect).
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,18 +16,9 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 use tower::ServiceExt as _;
 
-fn small_model() -> PathBuf {
-    let dir = std::env::var_os("DUET_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
-    let p = dir.join("qwen2.5-coder-0.5b-instruct.gguf");
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh qwen-0.5b", p.display());
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_mid_stream_frees_its_session_and_kv_cache() {
-    let mut cfg = VerifierConfig::new(small_model());
+    let mut cfg = VerifierConfig::new(common::small_model());
     cfg.ctx_size = 1024;
     cfg.max_sessions = 2;
     let verifier = tokio::task::spawn_blocking(move || Verifier::load(cfg)).await.expect("join").expect("load the 0.5B");

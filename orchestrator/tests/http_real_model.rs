@@ -2,7 +2,8 @@
 //! verifier-only output, fill-in-the-middle uses the model's FIM tokens, and a prompt over the context
 //! is a 400 `context_length_exceeded`.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
@@ -16,20 +17,11 @@ use tower::ServiceExt as _;
 
 const CTX: u32 = 512;
 
-fn small_model() -> PathBuf {
-    let dir = std::env::var_os("DUET_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
-    let p = dir.join("qwen2.5-coder-0.5b-instruct.gguf");
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh qwen-0.5b", p.display());
-    p
-}
-
 /// One verifier and service for every test of this file.
 fn loaded() -> &'static (Verifier, GenerationService) {
     static LOADED: OnceLock<(Verifier, GenerationService)> = OnceLock::new();
     LOADED.get_or_init(|| {
-        let mut cfg = VerifierConfig::new(small_model());
+        let mut cfg = VerifierConfig::new(common::small_model());
         cfg.ctx_size = CTX;
         cfg.max_sessions = 3;
         let verifier = Verifier::load(cfg).expect("load the 0.5B");
