@@ -242,6 +242,7 @@ fn load_models(args: &BenchArgs, modes: &[BenchMode], sessions: u32, in_process:
         hints: args.diffusion.draft_hints,
         drafting_model,
         draft_policy: crate::engine::DraftPolicy::Fixed,
+        policy_memories: Default::default(),
     };
     Ok((models, skipped))
 }

@@ -179,9 +179,9 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "`{}`\n", c.command);
     let _ = writeln!(
         o,
-        "| suite | mode | via | conc | tok/s | speedup med | speedup worst | τ | accepted | acceptance by position | draft len | TTFT p50 ms | ITL p50 / p99 ms | e2e p50 ms | drafter / verifier | vs ar |"
+        "| suite | mode | via | conc | tok/s | speedup med | speedup worst | decode speedup med / worst | τ | accepted | acceptance by position | draft len | TTFT p50 ms | ITL p50 / p99 ms | e2e p50 ms | drafter / verifier | vs ar |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &r.summaries {
         let by_pos: Vec<String> = s.acceptance_by_position.iter().take(8).map(|a| format!("{a:.2}")).collect();
         let vs_ar = if s.key.mode == BenchMode::Ar && s.key.concurrency == 1 {
@@ -200,7 +200,7 @@ pub fn markdown(r: &Report) -> String {
         };
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} |",
             s.key.suite,
             s.key.mode.label(),
             s.key.transport.label(),
@@ -208,6 +208,8 @@ pub fn markdown(r: &Report) -> String {
             s.throughput_tok_s,
             opt(s.speedup_median, |x| format!("{x:.2}×")),
             opt(s.speedup_worst, |x| format!("{x:.2}×")),
+            opt(s.decode_speedup_median, |x| format!("{x:.2}×")),
+            opt(s.decode_speedup_worst, |x| format!("{x:.2}×")),
             opt(s.mean_accepted_length, |x| format!("{x:.2}")),
             opt(s.acceptance_rate, |x| format!("{:.0}%", x * 100.0)),
             if by_pos.is_empty() { "–".to_string() } else { by_pos.join(" ") },

@@ -1,7 +1,8 @@
 //! In-process generations: the models are loaded once, every mode runs on the same verifier, and a
 //! group of prompts runs at once (one thread and one verifier session each) to measure concurrency.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -11,7 +12,7 @@ use duet_verifier::{TokenId, Verifier};
 use super::modes::{BenchMode, Transport};
 use super::sample::{DeliveryClock, Output, Sample, rate};
 use crate::drafters::{ArModelDrafter, DiffusionDrafter, HintPolicy, NgramDrafter};
-use crate::engine::{self, DraftPolicy, Drafter, GenerateParams, Generation, StopReason};
+use crate::engine::{self, DraftPolicy, Drafter, GenerateParams, Generation, PolicyMemory, StopReason};
 
 /// A suite prompt made ready: its text as sent to a server and its tokens as the verifier sees them.
 #[derive(Debug, Clone)]
@@ -45,9 +46,17 @@ pub struct Models {
     pub drafting_model: Option<Verifier>,
     /// How the hybrid modes choose their draft length.
     pub draft_policy: DraftPolicy,
+    /// Per mode, what the cost-aware policy learnt in the mode's earlier generations, carried from
+    /// prompt to prompt as `duet serve` carries it from request to request.
+    pub policy_memories: Mutex<HashMap<BenchMode, Arc<PolicyMemory>>>,
 }
 
 impl Models {
+    fn policy_memory(&self, mode: BenchMode) -> Arc<PolicyMemory> {
+        let mut memories = self.policy_memories.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        memories.entry(mode).or_default().clone()
+    }
+
     fn drafter(&self, mode: BenchMode) -> anyhow::Result<Option<Box<dyn Drafter>>> {
         Ok(match mode {
             BenchMode::Ar => None,
@@ -67,7 +76,8 @@ impl Models {
     pub fn generate(&self, mode: BenchMode, prompt: &PreparedPrompt, block_size: usize, max_tokens: usize) -> anyhow::Result<(Generation, super::sample::Deliveries)> {
         let info = self.verifier.info();
         let draft_policy = if mode.engine_mode() == crate::engine::Mode::Hybrid { self.draft_policy.clone() } else { DraftPolicy::Fixed };
-        let params = GenerateParams { max_tokens, mode: mode.engine_mode(), block_size, draft_policy, ..GenerateParams::default() };
+        let policy_memory = Some(self.policy_memory(mode));
+        let params = GenerateParams { max_tokens, mode: mode.engine_mode(), block_size, draft_policy, policy_memory, ..GenerateParams::default() };
         let is_eog = |t: TokenId| info.is_eog(t);
         let mut clock = DeliveryClock::start();
         let mut drafter = self.drafter(mode)?;

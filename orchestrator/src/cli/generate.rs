@@ -128,6 +128,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         block_size: args.block_size,
         sampling,
         draft_policy: DraftPolicy::Fixed,
+        policy_memory: None,
     };
     params.validate().map_err(|e| flag_error(e, &[("max_tokens", "--max-tokens"), ("block_size", "--block-size")]))?;
     let cost_aware = args.mode == Mode::Hybrid && args.draft_length == DraftLength::CostAware;

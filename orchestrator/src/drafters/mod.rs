@@ -13,7 +13,7 @@ pub use fallback::{DrafterHealth, FallbackDrafter};
 pub use ngram::NgramDrafter;
 
 /// Which drafter a hybrid generation uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DrafterKind {
     /// The block-diffusion drafter (`--drafter-checkpoint`).

@@ -18,7 +18,7 @@ mod unverified;
 mod verifier;
 
 pub use drafter::{Draft, DraftError, DraftFailure, DraftRequest, Drafter, Features, PreviousBlock};
-pub use policy::{CostCurve, DraftPolicy};
+pub use policy::{CostCurve, DraftPolicy, PolicyMemory};
 pub use round::{GenerateParams, Generation, MAX_BLOCK_SIZE, MAX_TOKENS_LIMIT, Mode, StopReason, generate};
 pub use stats::Stats;
 pub use unverified::generate_unverified;

@@ -13,11 +13,25 @@
 //! text. When the policy keeps choosing k = 0 it learns nothing, so after [`PROBE_EVERY`] rounds
 //! without a draft one round sends a single draft as a probe; and a drafter that is expensive to
 //! call is not called between probes once [`SKIP_AFTER`] rounds in a row gained nothing from it.
+//! A probe that gains nothing doubles the wait before the next one (up to [`MAX_PROBE_EVERY`]), so
+//! a drafter that cannot follow the text costs less than 1% of the time instead of a probe's price
+//! every [`PROBE_EVERY`] rounds.
+//!
+//! A generation also starts from what the previous generation with the same drafter learnt (a
+//! [`PolicyMemory`] the service keeps per drafter): the drafter's cost and whether it had stopped
+//! paying. Without it, every request would pay again for the [`SKIP_AFTER`] calls in which an
+//! expensive drafter that never hits proves it. The calibration is not carried over: acceptance
+//! belongs to the text (an n-gram drafter that fails on chat copies whole lines of an edit), and a
+//! pessimistic start would cost a good text far more than an optimistic one costs a bad text.
+
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 /// Rounds without a sent draft after which a round sends a single draft anyway (a probe).
 pub const PROBE_EVERY: usize = 16;
+/// Longest wait between probes, in rounds without a sent draft, after probes that gained nothing.
+pub const MAX_PROBE_EVERY: usize = 128;
 /// Consecutive rounds without an accepted draft after which an expensive drafter is only called
 /// on probe rounds.
 pub const SKIP_AFTER: usize = 4;
@@ -115,6 +129,37 @@ pub fn best_length(rates: &[f64], curve: &CostCurve, drafter_cost: f64) -> usize
     best_k
 }
 
+/// What a finished generation learnt about its drafter, for the next one to start from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Learnt {
+    /// Mean drafter time per call, in steps.
+    drafter_cost: Option<f64>,
+    /// Whether the drafter had stopped paying (its last rounds gained nothing).
+    idle: bool,
+}
+
+/// What earlier generations learnt about one drafter, shared by the generations that use it (one
+/// per drafter kind in a service). Only the policy's speed depends on it, never the output.
+#[derive(Debug, Default)]
+pub struct PolicyMemory {
+    learnt: Mutex<Option<Learnt>>,
+}
+
+impl PolicyMemory {
+    /// An empty memory: the first generation starts from the prior.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn recall(&self) -> Option<Learnt> {
+        *self.learnt.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn store(&self, learnt: Learnt) {
+        *self.learnt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(learnt);
+    }
+}
+
 /// The per-generation state of the cost-aware policy.
 #[derive(Debug, Clone)]
 pub(crate) struct LengthPicker {
@@ -126,20 +171,36 @@ pub(crate) struct LengthPicker {
     idle_rounds: usize,
     /// Consecutive rounds that sent no draft.
     since_sent: usize,
+    /// Rounds without a sent draft before the next probe; doubles after a probe that gains nothing.
+    probe_every: usize,
+    /// Whether the draft chosen last was a probe.
+    probing: bool,
     /// Mean drafter time per call, in steps (exponentially averaged).
     drafter_cost: Option<f64>,
 }
 
 impl LengthPicker {
-    pub(crate) fn new(curve: CostCurve) -> Self {
+    /// A picker for a new generation, starting from what `memory` holds (the prior when empty).
+    pub(crate) fn new(curve: CostCurve, memory: Option<&PolicyMemory>) -> Self {
+        let learnt = memory.and_then(PolicyMemory::recall);
         Self {
             curve,
             hits: PRIOR_RATE * PRIOR_WEIGHT,
             predicted: PRIOR_WEIGHT,
-            idle_rounds: 0,
+            idle_rounds: if learnt.is_some_and(|l| l.idle) { SKIP_AFTER } else { 0 },
             since_sent: 0,
-            drafter_cost: None,
+            probe_every: PROBE_EVERY,
+            probing: false,
+            drafter_cost: learnt.and_then(|l| l.drafter_cost),
         }
+    }
+
+    /// Hands what this generation learnt to the next ones.
+    pub(crate) fn remember(&self, memory: &PolicyMemory) {
+        memory.store(Learnt {
+            drafter_cost: self.drafter_cost,
+            idle: self.idle_rounds >= SKIP_AFTER,
+        });
     }
 
     /// Whether to call the drafter this round: always, unless it is expensive and has not paid
@@ -150,7 +211,7 @@ impl LengthPicker {
     }
 
     fn is_probe_round(&self) -> bool {
-        self.since_sent >= PROBE_EVERY
+        self.since_sent >= self.probe_every
     }
 
     /// Conditional acceptance chances for a draft with these confidences (empty: unknown, 1 each).
@@ -168,11 +229,17 @@ impl LengthPicker {
             Some(avg) => 0.8 * avg + 0.2 * d,
             None => d,
         });
+        self.probing = false;
         if offered == 0 {
             return 0;
         }
         let k = best_length(&self.rates(confidences, offered), &self.curve, d);
-        if k == 0 && self.is_probe_round() { 1 } else { k }
+        if k == 0 && self.is_probe_round() {
+            self.probing = true;
+            1
+        } else {
+            k
+        }
     }
 
     /// Learns from a round: `sent` drafts with these confidences, `accepted` of them accepted.
@@ -180,6 +247,12 @@ impl LengthPicker {
     pub(crate) fn observe(&mut self, confidences: &[f32], sent: usize, accepted: usize) {
         self.idle_rounds = if accepted > 0 { 0 } else { self.idle_rounds + 1 };
         self.since_sent = if sent > 0 { 0 } else { self.since_sent + 1 };
+        if accepted > 0 {
+            self.probe_every = PROBE_EVERY;
+        } else if self.probing && sent > 0 {
+            self.probe_every = (2 * self.probe_every).min(MAX_PROBE_EVERY);
+        }
+        self.probing = false;
         // Judged drafts: the accepted ones and the first rejected one.
         for i in 0..(accepted + 1).min(sent) {
             let c = f64::from(confidences.get(i).copied().unwrap_or(1.0));
@@ -241,7 +314,7 @@ mod tests {
 
     #[test]
     fn calibration_learns_that_drafts_fail_and_probes_later() {
-        let mut p = LengthPicker::new(facts_curve());
+        let mut p = LengthPicker::new(facts_curve(), None);
         assert!(p.choose(&[], 8, 0.0) > 0, "the prior tries drafting");
         for _ in 0..30 {
             let k = p.choose(&[], 8, 0.0);
@@ -255,12 +328,82 @@ mod tests {
             p.observe(&[], k, 0);
         }
         let probes = sent.iter().filter(|&&k| k == 1).count();
-        assert!((2..=3).contains(&probes), "one probe per {PROBE_EVERY} idle rounds: {sent:?}");
+        assert!((1..=3).contains(&probes), "at most one probe per {PROBE_EVERY} idle rounds: {sent:?}");
+    }
+
+    /// Rounds at which a probe (a single draft) was sent, over `rounds` rounds of a drafter whose
+    /// drafts are accepted only where `hits` says so.
+    fn probe_rounds(p: &mut LengthPicker, rounds: usize, hits: impl Fn(usize) -> bool) -> Vec<usize> {
+        let mut at = Vec::new();
+        for r in 0..rounds {
+            let k = p.choose(&[], 8, 0.0);
+            if k == 1 {
+                at.push(r);
+            }
+            p.observe(&[], k, if hits(r) { k } else { 0 });
+        }
+        at
+    }
+
+    #[test]
+    fn probes_that_gain_nothing_come_ever_more_rarely_and_a_hit_brings_them_back() {
+        let mut p = LengthPicker::new(facts_curve(), None);
+        let at = probe_rounds(&mut p, 600, |_| false);
+        let gaps: Vec<usize> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "gaps never shrink: {gaps:?}");
+        assert_eq!(gaps.last().copied(), Some(MAX_PROBE_EVERY + 1), "{gaps:?}");
+        assert!(at.len() <= 10, "{at:?}");
+        // A probe that is accepted resets the wait.
+        let mut q = p.clone();
+        let next = probe_rounds(&mut q, MAX_PROBE_EVERY + 2, |_| false)[0];
+        let mut r = p.clone();
+        let after_hit = probe_rounds(&mut r, next + 1 + 3 * PROBE_EVERY, |i| i == next);
+        assert!(after_hit.len() >= 2, "probes resume after a hit: {after_hit:?}");
+        assert!(after_hit[1] - after_hit[0] <= 2 * PROBE_EVERY, "{after_hit:?}");
+    }
+
+    #[test]
+    fn a_generation_starts_from_what_the_last_one_with_its_drafter_learnt() {
+        let memory = PolicyMemory::new();
+        let fresh = LengthPicker::new(facts_curve(), Some(&memory));
+        assert!(fresh.clone().choose(&[], 8, 0.0) > 0, "an empty memory starts from the prior");
+
+        // An expensive drafter that never hits: learnt once, skipped from the next generation's start.
+        let mut first = fresh;
+        let step = first.curve.step_s;
+        for _ in 0..40 {
+            if first.wants_draft() {
+                let k = first.choose(&[0.3; 8], 8, 0.5 * step);
+                first.observe(&[0.3; 8], k, 0);
+            } else {
+                first.observe(&[], 0, 0);
+            }
+        }
+        first.remember(&memory);
+        let mut next = LengthPicker::new(facts_curve(), Some(&memory));
+        assert!(!next.wants_draft(), "not called before its first probe");
+        assert_eq!(next.choose(&[0.3; 8], 8, 0.5 * step), 0);
+
+        // Acceptance stays with its text: the next generation's calibration starts from the prior.
+        let prior = LengthPicker::new(facts_curve(), None).choose(&[0.5; 8], 8, 0.0);
+        assert_eq!(LengthPicker::new(facts_curve(), Some(&memory)).choose(&[0.5; 8], 8, 0.0), prior);
+        // A drafter that paid again is called again from the next start.
+        let mut paying = LengthPicker::new(facts_curve(), Some(&memory));
+        for _ in 0..(PROBE_EVERY + 2) {
+            if paying.wants_draft() {
+                let k = paying.choose(&[0.9; 8], 8, 0.5 * step);
+                paying.observe(&[0.9; 8], k, k);
+            } else {
+                paying.observe(&[], 0, 0);
+            }
+        }
+        paying.remember(&memory);
+        assert!(LengthPicker::new(facts_curve(), Some(&memory)).wants_draft());
     }
 
     #[test]
     fn calibration_learns_that_drafts_succeed() {
-        let mut p = LengthPicker::new(facts_curve());
+        let mut p = LengthPicker::new(facts_curve(), None);
         for _ in 0..30 {
             let k = p.choose(&[], 8, 0.0);
             p.observe(&[], k, k);
@@ -270,7 +413,7 @@ mod tests {
 
     #[test]
     fn an_expensive_drafter_that_does_not_pay_is_skipped_between_probes() {
-        let mut p = LengthPicker::new(facts_curve());
+        let mut p = LengthPicker::new(facts_curve(), None);
         let step = p.curve.step_s;
         let mut called = 0;
         for _ in 0..(2 * PROBE_EVERY + SKIP_AFTER) {
@@ -284,7 +427,7 @@ mod tests {
         }
         assert!(called <= SKIP_AFTER + 3, "called {called} times");
         // A cheap drafter is always asked.
-        let mut cheap = LengthPicker::new(facts_curve());
+        let mut cheap = LengthPicker::new(facts_curve(), None);
         for _ in 0..40 {
             assert!(cheap.wants_draft());
             let k = cheap.choose(&[0.01; 8], 8, 0.0);

@@ -1,11 +1,12 @@
 //! The round loop.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use duet_verifier::{Choice, SamplingParams, TokenId};
 use serde::Serialize;
 
-use super::policy::{DraftPolicy, LengthPicker};
+use super::policy::{DraftPolicy, LengthPicker, PolicyMemory};
 use super::{Draft, DraftRequest, Drafter, EngineError, Features, PreviousBlock, Stats, VerifierSession};
 
 /// Largest `max_tokens` a request may ask for.
@@ -50,6 +51,9 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// How many of the drafter's tokens each round sends: all (the default) or a cost-aware choice.
     pub draft_policy: DraftPolicy,
+    /// What earlier generations with the same drafter learnt, for the cost-aware policy to start
+    /// from and to update at the end; `None` starts from the prior and keeps nothing.
+    pub policy_memory: Option<Arc<PolicyMemory>>,
 }
 
 impl Default for GenerateParams {
@@ -61,6 +65,7 @@ impl Default for GenerateParams {
             block_size: 8,
             sampling: SamplingParams::default(),
             draft_policy: DraftPolicy::Fixed,
+            policy_memory: None,
         }
     }
 }
@@ -133,7 +138,7 @@ pub fn generate(
     let mut picker = match &params.draft_policy {
         DraftPolicy::CostAware(curve) if params.mode == Mode::Hybrid => {
             stats.cost_curve = curve.costs.clone();
-            Some(LengthPicker::new(curve.clone()))
+            Some(LengthPicker::new(curve.clone(), params.policy_memory.as_deref()))
         }
         _ => None,
     };
@@ -240,6 +245,9 @@ pub fn generate(
         stats.verifier_s += t.elapsed().as_secs_f64();
     }
 
+    if let (Some(p), Some(memory)) = (&picker, &params.policy_memory) {
+        p.remember(memory);
+    }
     stats.finish(started.elapsed().as_secs_f64(), out.tokens.len());
     let stop = out.stop.unwrap_or(StopReason::MaxTokens);
     Ok(Generation { tokens: out.tokens, choices: out.choices, stop, stats })

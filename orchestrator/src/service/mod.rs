@@ -22,6 +22,7 @@ pub mod testing;
 mod timed;
 mod worker;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Sender, channel};
@@ -39,7 +40,7 @@ pub use request::{GenerationRequest, MAX_PROMPT_BYTES, MAX_STOP_LEN, MAX_STOP_ST
 pub use stop::{Released, StopMatcher};
 
 use crate::drafters::DrafterKind;
-use crate::engine::{DraftPolicy, MAX_BLOCK_SIZE, Mode};
+use crate::engine::{DraftPolicy, MAX_BLOCK_SIZE, Mode, PolicyMemory};
 use worker::{Job, Load};
 
 /// Limits and per-request defaults of a service.
@@ -103,6 +104,8 @@ struct Inner {
     config: ServiceConfig,
     load: Arc<Load>,
     jobs: Sender<Job>,
+    /// Per drafter, what the cost-aware policy learnt in earlier generations.
+    policy_memories: Mutex<HashMap<DrafterKind, Arc<PolicyMemory>>>,
 }
 
 impl std::fmt::Debug for GenerationService {
@@ -137,7 +140,8 @@ impl GenerationService {
                 .spawn(move || worker::serve(backend, rx, load))
                 .map_err(|e| ServiceError::Internal(format!("cannot start a generation thread: {e}")))?;
         }
-        Ok(Self { inner: Arc::new(Inner { backend, config, load, jobs: tx }) })
+        let policy_memories = Mutex::new(HashMap::new());
+        Ok(Self { inner: Arc::new(Inner { backend, config, load, jobs: tx, policy_memories }) })
     }
 
     /// Checks a request, admits it (or answers [`ServiceError::Busy`]) and returns its events.
@@ -160,12 +164,30 @@ impl GenerationService {
         let slot = self.inner.load.admit()?;
         let (tx, rx) = unbounded_channel();
         let draft_policy = if mode == Mode::Hybrid { cfg.draft_policy.clone() } else { DraftPolicy::Fixed };
-        let job = Job { request, mode, drafter, block_size, draft_policy, events: tx, admitted: Instant::now(), timeout, slot };
+        let policy_memory = (mode == Mode::Hybrid).then(|| self.policy_memory(drafter));
+        let job = Job {
+            request,
+            mode,
+            drafter,
+            block_size,
+            draft_policy,
+            policy_memory,
+            events: tx,
+            admitted: Instant::now(),
+            timeout,
+            slot,
+        };
         self.inner
             .jobs
             .send(job)
             .map_err(|_| ServiceError::Unavailable("the generation threads have stopped".into()))?;
         Ok(GenerationStream { rx })
+    }
+
+    /// What the cost-aware policy learnt so far about `drafter`, shared by its generations.
+    fn policy_memory(&self, drafter: DrafterKind) -> Arc<PolicyMemory> {
+        let mut memories = self.inner.policy_memories.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        memories.entry(drafter).or_default().clone()
     }
 
     /// Whether the models can serve now (a remote verifier may be down); for health checks.

@@ -11,7 +11,7 @@ use duet_verifier::TokenId;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::drafters::DrafterKind;
-use crate::engine::{self, DraftPolicy, Drafter, EngineError, GenerateParams, MAX_TOKENS_LIMIT, Mode, Stats, StopReason};
+use crate::engine::{self, DraftPolicy, Drafter, EngineError, GenerateParams, MAX_TOKENS_LIMIT, Mode, PolicyMemory, Stats, StopReason};
 use crate::text::Utf8Stream;
 
 use super::metrics as m;
@@ -26,6 +26,7 @@ pub(crate) struct Job {
     pub drafter: DrafterKind,
     pub block_size: usize,
     pub draft_policy: DraftPolicy,
+    pub policy_memory: Option<Arc<PolicyMemory>>,
     pub events: UnboundedSender<Event>,
     pub admitted: Instant,
     /// Longest the generation may take from admission.
@@ -200,6 +201,7 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
         block_size: job.block_size,
         sampling: job.request.sampling.params(fresh_seed()),
         draft_policy: job.draft_policy.clone(),
+        policy_memory: job.policy_memory.clone(),
     };
     let drafter_kind = if job.mode == Mode::Diffusion { DrafterKind::Diffusion } else { job.drafter };
     let mut drafter: Option<Box<dyn Drafter>> = match job.mode {
