@@ -317,6 +317,16 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_run_must_reproduce_the_first_runs_outputs() {
+        let first = vec![sample("a", BenchMode::HybridNgram, 1.0, &[1, 2, 3], None)];
+        let same = vec![sample("a", BenchMode::HybridNgram, 0.7, &[1, 2, 3], None)];
+        let other = vec![sample("a", BenchMode::HybridNgram, 0.7, &[1, 2, 4], None)];
+        assert!(super::super::runner::same_outputs(&first, &same).is_ok());
+        let e = super::super::runner::same_outputs(&first, &other).expect_err("differs");
+        assert!(e.to_string().contains("s/a in mode hybrid-ngram"), "{e}");
+    }
+
+    #[test]
     fn throughput_uses_the_wall_time_of_concurrent_groups() {
         let samples = vec![sample("a", BenchMode::Ar, 2.0, &[1, 2], None), sample("b", BenchMode::Ar, 2.0, &[1, 2], None)];
         let key = CellKey::of(&samples[0]);

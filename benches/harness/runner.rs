@@ -134,6 +134,25 @@ pub fn stop_name(s: StopReason) -> &'static str {
     }
 }
 
+/// Checks that a repeated run of a prompt group produced what the first run did: greedy decoding
+/// (and the seeded diffusion mode) must be deterministic, or neither the lossless check nor the
+/// best-of-runs timing means anything.
+pub fn same_outputs(first: &[Sample], again: &[Sample]) -> anyhow::Result<()> {
+    for (a, b) in first.iter().zip(again) {
+        if a.output != b.output {
+            anyhow::bail!(
+                "{}/{} in mode {} ({}, concurrency {}): a repeated run produced a different output than the first",
+                a.suite,
+                a.prompt,
+                a.mode.label(),
+                a.transport.label(),
+                a.concurrency
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs `prompts` at once, one thread each, all in `mode`; returns their samples in prompt order and
 /// the group's wall time.
 pub fn run_group<F>(prompts: &[&PreparedPrompt], run: F) -> anyhow::Result<(Vec<Sample>, f64)>
