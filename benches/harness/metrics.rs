@@ -154,7 +154,8 @@ pub fn summarize(samples: &[Sample], group_walls: &HashMap<CellKey, f64>) -> Vec
                 if ar.tokens_per_s > 0.0 && s.tokens_per_s > 0.0 {
                     speedups.push(s.tokens_per_s / ar.tokens_per_s);
                 }
-                if let (Some(mine), Some(theirs)) = (decode_rate(s), decode_rate(ar)) {
+                // The unverified mode delivers whole blocks, so its "decoding phase" is a block or two.
+                if let (true, Some(mine), Some(theirs)) = (s.mode.is_lossless(), decode_rate(s), decode_rate(ar)) {
                     decode_speedups.push(mine / theirs);
                 }
                 // `ar` beside other sessions is compared with `ar` alone, as the lossless check does.

@@ -296,7 +296,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let info = models.verifier.info().clone();
     eprintln!("duet bench: verifier {} ({}) loaded", info.description, info.path.display());
     let suites = prepare_suites(&args, suite_lines, &models.verifier)?;
-    let client = args.server.as_deref().map(ServerClient::new);
+    // Requests name the model the server lists (its `--served-model-name`, by default the file's).
+    let client = match args.server.as_deref() {
+        Some(url) => Some(ServerClient::new(url).with_model(&ServerClient::served_model(url)?)),
+        None => None,
+    };
     let mut transports = Vec::new();
     if in_process {
         transports.push(Transport::InProcess);
