@@ -11,8 +11,8 @@
 //! entering the cache on their own, one pass over a block with nothing pending, and a whole draft
 //! call after the context is in place (the pass plus the output layer's post-processing).
 //!
-//! Run: `cargo bench -p duet-drafter --bench drafter_block`. candle multiplies on every core by
-//! default; `RAYON_NUM_THREADS=1` measures one core.
+//! Run: `cargo bench -p duet-drafter --bench drafter_block`. candle multiplies on every physical
+//! core by default; `RAYON_NUM_THREADS=1` measures one core.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -27,6 +27,13 @@ const CONTEXT: usize = 300;
 const MAX_NEW: usize = 9;
 
 fn shipped() -> DiffusionModel {
+    // As the `duet` binary does: candle otherwise reads /proc/cpuinfo on every matrix product to
+    // find its thread count (the same count it gets here).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = duet_drafter::candle_core::utils::get_num_threads();
+        // SAFETY: runs before the model exists, while the bench has no other thread.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("checkpoints/default");
     DiffusionModel::load(&dir).unwrap_or_else(|e| panic!("cannot load {}: {e}", dir.display()))
 }
@@ -45,10 +52,10 @@ fn session(model: &DiffusionModel) -> DraftCache {
 }
 
 /// One round as the engine's adapter runs it: the rejected tail is cut off, the new context
-/// tokens go in, a block is drafted.
+/// tokens go in (deferred: the drafting pass caches them with the block), a block is drafted.
 fn round(model: &DiffusionModel, cache: &mut DraftCache, new: &[u32], init: &[Option<u32>], sampler: &SamplerConfig) {
     cache.truncate(CONTEXT);
-    cache.extend(model, new, None).expect("extend");
+    cache.extend_deferred(model, new).expect("extend");
     black_box(model.draft(cache, init, sampler).expect("draft"));
 }
 
