@@ -10,8 +10,14 @@
 //! Tokens can be *pending*: in the context but without cached keys and values yet. A shifted
 //! (Dream-style) model keeps the last context token pending, because its output predicts the first
 //! block position; a DFlash model keeps tokens pending until the verifier's features for them
-//! arrive (the verifier's newest token — its correction or bonus — has none yet). Pending tokens
-//! run with the block, as known positions in front of it, exactly as DFlash runs its anchor token.
+//! arrive (the verifier's newest token — its correction or bonus — has none yet). Such pending
+//! tokens run with the block, as known positions in front of it, exactly as DFlash runs its anchor
+//! token.
+//!
+//! A standalone model's new tokens may also be *deferred* ([`DraftCache::extend_deferred`]): they
+//! wait for the next drafting pass, which runs them causally in front of the block and caches
+//! them. A round then costs one pass over the layers instead of two (one for the new tokens, one
+//! for the block); the per-operation overhead of a pass over a few rows is most of its cost.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -176,6 +182,30 @@ impl DraftCache {
         result
     }
 
+    /// Appends context tokens (verifier ids) like [`extend`](Self::extend) without features, but a
+    /// standalone model does not run them through its layers now: the next drafting pass runs them
+    /// causally in front of the block (they never see it) and caches their keys and values, which
+    /// saves a pass per round. What the cache holds after that pass equals what `extend` makes, up
+    /// to float rounding. A conditioned model keeps the tokens pending until their features
+    /// arrive, as `extend` does. A deferred run longer than a prompt chunk is cached on its own
+    /// first.
+    pub fn extend_deferred(&mut self, model: &DiffusionModel, tokens: &[u32]) -> Result<()> {
+        self.check_model(model)?;
+        let ids = tokens.iter().map(|&t| model.vocab().to_drafter(t)).collect::<Result<Vec<_>, _>>()?;
+        self.tokens.extend(ids);
+        Ok(())
+    }
+
+    /// End of the context tokens that run causally and enter the cache at the next pass: a
+    /// standalone model's deferred tokens (all but the pending ones a shifted model keeps), none
+    /// for a conditioned model, whose tokens wait for features.
+    pub(crate) fn deferred_end(&self) -> usize {
+        match self.shape.feature_dim {
+            None => self.tokens.len().saturating_sub(self.shape.keep_pending).max(self.committed),
+            Some(_) => self.committed,
+        }
+    }
+
     /// Cuts the context back to its first `len` tokens (no-op if it is not longer). Exact: cached
     /// positions never saw what came after them.
     pub fn truncate(&mut self, len: usize) {
@@ -201,7 +231,8 @@ impl DraftCache {
         self.committed
     }
 
-    /// Context tokens still pending (they run with the block at each draft).
+    /// Context tokens without cached keys and values: pending ones (they run with the block at
+    /// each draft) and deferred ones (cached by the next draft).
     pub fn pending_len(&self) -> usize {
         self.tokens.len() - self.committed
     }

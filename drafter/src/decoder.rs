@@ -54,10 +54,29 @@ impl DecoderLayer {
 
     /// Runs the block over `x` (batch, len, hidden) at the positions of `rope`.
     pub(crate) fn forward(&self, x: &Tensor, rope: &Rope, keys: Keys<'_>, mode: ForwardMode) -> Result<Tensor> {
+        self.forward_rows(x, rope, keys, None, mode)
+    }
+
+    /// Runs the block over `x` and returns only the rows `keep` (indices into `x`'s positions, in
+    /// that order; all rows if `None`). Every row still makes its keys and values — the kept rows
+    /// attend to them, and a cache stores them — but only the kept rows pay for attention and the
+    /// feed-forward layer: the last block of a draft pass needs just the rows whose logits are read.
+    pub(crate) fn forward_rows(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        keys: Keys<'_>,
+        keep: Option<&[usize]>,
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x, mode)?;
         let (q, k, v) = self.self_attn.queries_keys_values(&h, rope, mode)?;
+        let (x, q) = (select_rows(x, 1, keep)?, select_rows(&q, 1, keep)?);
         let attn = match keys {
-            Keys::Own { mask } => self.self_attn.attend(&q, &k, &v, mask, mode)?,
+            Keys::Own { mask } => {
+                let mask = mask.map(|m| select_rows(m, 0, keep)).transpose()?;
+                self.self_attn.attend(&q, &k, &v, mask.as_ref(), mode)?
+            }
             Keys::Prefix { k: pk, v: pv } => {
                 let k = Tensor::cat(&[pk, &k], 1)?;
                 let v = Tensor::cat(&[pv, &v], 1)?;
@@ -65,7 +84,8 @@ impl DecoderLayer {
             }
             Keys::Cache { kv, start, mask } => {
                 let (k, v) = kv.write(start, &k, &v)?;
-                self.self_attn.attend(&q, &k, &v, mask, mode)?
+                let mask = mask.map(|m| select_rows(m, 0, keep)).transpose()?;
+                self.self_attn.attend(&q, &k, &v, mask.as_ref(), mode)?
             }
         };
         let x = (x + attn)?;
@@ -79,4 +99,16 @@ impl DecoderLayer {
         let h = self.input_layernorm.forward(x, mode)?;
         self.self_attn.keys_values(&h, rope, mode)
     }
+}
+
+/// Rows `keep` of `t` along `dim` (all of `t` if `None`): a view when they are consecutive, as a
+/// block's rows are, a gathered copy otherwise.
+fn select_rows(t: &Tensor, dim: usize, keep: Option<&[usize]>) -> Result<Tensor> {
+    let Some(keep) = keep else { return Ok(t.clone()) };
+    let Some(&first) = keep.first() else { return Ok(t.narrow(dim, 0, 0)?) };
+    if keep.iter().enumerate().all(|(i, &r)| r == first + i) {
+        return Ok(t.narrow(dim, first, keep.len())?);
+    }
+    let index: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+    Ok(t.index_select(&Tensor::from_vec(index, keep.len(), t.device())?, dim)?)
 }

@@ -241,6 +241,18 @@ pub(crate) fn causal_mask(prefix: usize, rows: usize, device: &Device) -> Result
     Ok(Tensor::from_vec(data, (rows, cols), device)?)
 }
 
+/// An additive attention mask of shape (context + rest, prefix + context + rest) for a pass that
+/// caches `context` new tokens after `prefix` cached ones and runs `rest` positions (pending tokens
+/// and the block) behind them: the context rows are causal, as [`causal_mask`] makes them, and
+/// never see the rest; the rest sees everything. This lets a draft pass cache a round's new tokens.
+pub(crate) fn context_then_block_mask(prefix: usize, context: usize, rest: usize, device: &Device) -> Result<Tensor> {
+    let cols = prefix + context + rest;
+    let data: Vec<f32> = (0..context + rest)
+        .flat_map(|r| (0..cols).map(move |c| if r >= context || c <= prefix + r { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(data, (context + rest, cols), device)?)
+}
+
 /// The block-diffusion mask (BD3-LM) over `context + block` positions, shape (n, n): context
 /// positions are causal and never see the block; block positions see the whole context and every
 /// block position, in both directions.
@@ -306,6 +318,17 @@ mod tests {
         for r in 3..5 {
             assert!((0..5).all(|c| visible(r, c)), "block row {r} sees everything");
         }
+    }
+
+    #[test]
+    fn deferred_context_rows_are_causal_and_the_block_sees_everything() {
+        let mask = context_then_block_mask(2, 3, 2, &Device::Cpu).expect("mask").to_vec2::<f32>().expect("2d");
+        let causal = causal_mask(2, 3, &Device::Cpu).expect("mask").to_vec2::<f32>().expect("2d");
+        for r in 0..3 {
+            assert_eq!(mask[r][..5], causal[r][..], "context row {r} as when cached alone");
+            assert!(mask[r][5..].iter().all(|v| v.is_infinite()), "context row {r} never sees the block");
+        }
+        assert!(mask[3..].iter().all(|row| row.iter().all(|v| *v == 0.0)), "block rows see everything");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::cache::DraftCache;
 use crate::config::{DrafterConfig, MAX_BLOCK_SIZE};
 use crate::decoder::{DecoderLayer, Keys};
 use crate::error::{DrafterError, Result};
-use crate::layers::{FastLinear, ForwardMode, RmsNorm, Rope, causal_mask, linear_forward};
+use crate::layers::{FastLinear, ForwardMode, RmsNorm, Rope, causal_mask, context_then_block_mask, linear_forward};
 use crate::vocab::Vocab;
 
 /// Context tokens run through the layers per pass when a long prompt enters the cache; bounds the
@@ -159,9 +159,13 @@ impl DiffusionModel {
             .collect()
     }
 
-    /// One pass over the pending context tokens and the block (drafter ids), returning logits for
+    /// One pass over the uncached context tokens and the block (drafter ids), returning logits for
     /// the block positions `rows` (all of them if `None`), in that order. Later denoising steps
-    /// only need the still-masked rows, which spares most of the output layer, the largest matrix.
+    /// only need the still-masked rows, which spares most of the output layer, the largest matrix,
+    /// and the last layer's attention and feed-forward for the other rows.
+    ///
+    /// Deferred context tokens ([`DraftCache::extend_deferred`]) run first, causally, and stay
+    /// cached after the pass; pending ones run in front of the block and see it.
     pub(crate) fn forward_block(&self, cache: &mut DraftCache, block: &[u32], rows: Option<&[usize]>) -> Result<Tensor> {
         if !(1..=MAX_BLOCK_SIZE).contains(&block.len()) {
             return Err(DrafterError::Input(format!(
@@ -170,7 +174,13 @@ impl DiffusionModel {
             )));
         }
         cache.check_model(self)?;
+        let deferred_end = cache.deferred_end();
+        if deferred_end - cache.committed > EXTEND_CHUNK {
+            // A long deferred run (a prompt) is cached in chunks, which bounds the scores held at once.
+            self.commit_tokens(cache, deferred_end)?;
+        }
         let start = cache.committed;
+        let deferred = cache.deferred_end() - start;
         let pending = cache.tokens.len() - start;
         let shift = usize::from(self.config.shift_logits());
         if pending < shift {
@@ -183,19 +193,25 @@ impl DiffusionModel {
         let n = ids.len();
         let mut x = self.embed(&Tensor::from_vec(ids, (1, n), &self.device)?)?;
         let rope = self.rope(start, n)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &rope, Keys::Cache { kv, start, mask: None }, ForwardMode::Inference)?;
-        }
+        let mask = match deferred {
+            0 => None,
+            _ => Some(context_then_block_mask(start, deferred, n - deferred, &self.device)?),
+        };
         // Shifted models read the prediction for block position j off the position before it.
         let offset = pending - shift;
-        let hidden = match rows {
-            None => x.narrow(1, offset, block.len())?,
-            Some(rows) => {
-                let index: Vec<u32> = rows.iter().map(|&r| (offset + r) as u32).collect();
-                x.index_select(&Tensor::from_vec(index, rows.len(), &self.device)?, 1)?
-            }
+        let keep: Vec<usize> = match rows {
+            None => (offset..offset + block.len()).collect(),
+            Some(rows) => rows.iter().map(|&r| offset + r).collect(),
         };
-        Ok(self.logits(&hidden, ForwardMode::Inference)?.squeeze(0)?)
+        let last = self.layers.len().saturating_sub(1);
+        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let keys = Keys::Cache { kv, start, mask: mask.as_ref() };
+            let keep = if i == last { Some(keep.as_slice()) } else { None };
+            x = layer.forward_rows(&x, &rope, keys, keep, ForwardMode::Inference)?;
+        }
+        // The deferred tokens' keys and values are now in every layer, as `commit_tokens` makes them.
+        cache.committed = start + deferred;
+        Ok(self.logits(&x, ForwardMode::Inference)?.squeeze(0)?)
     }
 
     /// Runs the pending tokens up to `upto` causally through the layers and caches their keys and

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use crate::config::{DrafterConfig, TargetConditioning};
+use crate::{DiffusionModel, ForwardMode, TrainBatch};
 
 /// A standalone model small enough to run hundreds of times per test: 2 layers of width 32,
 /// 4 query heads over 2 key/value heads, a reduced vocabulary of 62 tokens plus `[MASK]` and UNK.
@@ -43,4 +44,12 @@ pub(crate) fn features(start: usize, rows: usize, dim: usize, salt: u32) -> Vec<
 /// Deterministic context tokens below 62 (ids the tiny models share with the verifier).
 pub(crate) fn tokens(n: usize, salt: u32) -> Vec<u32> {
     (0..n as u32).map(|i| (i.wrapping_mul(7919) ^ salt.wrapping_mul(31)) % 62).collect()
+}
+
+/// Block logits computed without any cache, from the whole sequence (drafter ids) at once.
+pub(crate) fn from_scratch(model: &DiffusionModel, context: &[u32], block: &[u32], mode: ForwardMode) -> Tensor {
+    let ids: Vec<u32> = context.iter().chain(block).copied().collect();
+    let tokens = Tensor::from_vec(ids, (1, context.len() + block.len()), model.device()).expect("tokens");
+    let batch = TrainBatch { tokens, context_len: context.len(), features: None };
+    model.forward_train(&batch, mode).and_then(|t| Ok(t.squeeze(0)?)).expect("forward")
 }

@@ -2,21 +2,13 @@
 
 use candle_core::Tensor;
 
-use crate::testing::{max_abs_diff, tiny_config, tokens};
-use crate::{DiffusionModel, ForwardMode, TrainBatch};
+use crate::testing::{from_scratch, max_abs_diff, tiny_config, tokens};
+use crate::{DiffusionModel, ForwardMode};
 
 const MASK: u32 = 62;
 
 fn model() -> DiffusionModel {
     DiffusionModel::random(&tiny_config(), 11).expect("tiny model")
-}
-
-/// Block logits computed without any cache, from the whole sequence at once.
-fn from_scratch(model: &DiffusionModel, context: &[u32], block: &[u32], mode: ForwardMode) -> Tensor {
-    let ids: Vec<u32> = context.iter().chain(block).copied().collect();
-    let tokens = Tensor::from_vec(ids, (1, context.len() + block.len()), model.device()).expect("tokens");
-    let batch = TrainBatch { tokens, context_len: context.len(), features: None };
-    model.forward_train(&batch, mode).and_then(|t| Ok(t.squeeze(0)?)).expect("forward")
 }
 
 #[test]

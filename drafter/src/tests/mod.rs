@@ -3,6 +3,7 @@
 mod cache;
 mod checkpoint;
 mod conditioning;
+mod deferred;
 mod import;
 mod sampler;
 mod training;

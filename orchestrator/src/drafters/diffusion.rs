@@ -75,7 +75,13 @@ impl DiffusionDrafter {
             }
             (None, _) => None,
         };
-        self.cache.extend(&self.model, &req.context[common..], features).map_err(err)?;
+        // Without features (a standalone model) the new tokens are cached by the drafting pass
+        // itself, together with the block: one pass over the drafter's layers per round, not two.
+        match features {
+            Some(_) => self.cache.extend(&self.model, &req.context[common..], features),
+            None => self.cache.extend_deferred(&self.model, &req.context[common..]),
+        }
+        .map_err(err)?;
         self.context.extend_from_slice(&req.context[common..]);
         Ok(())
     }
