@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 use super::convert::{verdict_from_pb, verifier_from_status};
 use super::drafter_client::lazy_channel;
 use super::server::MAX_MESSAGE_BYTES;
-use crate::engine::VerifierSession;
+use crate::engine::{CostCurve, VerifierSession};
 
 /// Time allowed for one verifier call by default: a long prompt on a small CPU takes a while.
 pub const DEFAULT_VERIFIER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -238,6 +238,37 @@ impl RemoteVerifiers {
             async move { c.apply_chat_template(req).await.map(|r| r.into_inner().prompt) }
         })
         .await
+    }
+
+    /// The verifier's cost curve c(k) for blocks of `sizes` drafts at `context` (`MeasureCosts`,
+    /// `repeats` 0 for the server's default), measured on the replica where the model runs, so the
+    /// hops do not blur it. Replicas serve one model and are assumed to run on alike machines, so the
+    /// first that answers measures (a full or unreachable one passes to the next). Returns that
+    /// replica's address with the curve.
+    pub async fn measure_costs(&self, context: &[TokenId], sizes: &[usize], repeats: u32) -> Result<(String, CostCurve), Status> {
+        let msg = pb::MeasureCostsRequest {
+            context: context.to_vec(),
+            sizes: sizes.iter().map(|&k| k as u32).collect(),
+            repeats,
+        };
+        let mut last = Status::unavailable("no verifier replica");
+        for i in self.order() {
+            let r = &self.replicas[i];
+            match r.client.clone().measure_costs(request(msg.clone(), self.timeout)).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let sizes: Vec<usize> = resp.sizes.iter().map(|&k| k as usize).collect();
+                    let curve = CostCurve::from_times(&sizes, &resp.seconds)
+                        .map_err(|e| Status::internal(format!("verifier {} measured a bad cost curve: {e}", r.url)))?;
+                    return Ok((r.url.clone(), curve));
+                }
+                Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => {
+                    last = Status::new(s.code(), format!("verifier {}: {}", r.url, s.message()));
+                }
+                Err(s) => return Err(Status::new(s.code(), format!("verifier {}: {}", r.url, s.message()))),
+            }
+        }
+        Err(last)
     }
 
     /// Opens a session on the least busy replica that has room. With `hidden_states`, every
