@@ -212,6 +212,30 @@ fn measure_costs_answers_a_curve_that_starts_at_one_and_refuses_bad_sizes_naming
     }
 }
 
+/// The hop measurement alternates in-process and split generations on one verifier; a verifier of
+/// a single session (`duet bench --concurrency 1`) must do, so the split session's slot has to be
+/// free again before the next in-process generation starts.
+#[test]
+fn the_hop_measurement_runs_on_a_one_session_verifier_and_both_transports_agree() {
+    let mut cfg = VerifierConfig::new(small_model_path());
+    cfg.ctx_size = 512;
+    cfg.max_sessions = 1;
+    cfg.threads = 1;
+    let verifier = Verifier::load(cfg).expect("loading the 0.5B verifier");
+    let p = load_prompts("lossless_prompts.jsonl").into_iter().find(|p| p.id == "edit-rename").expect("edit-rename prompt");
+    let prompts: Vec<HopPrompt> = (0..2).map(|_| HopPrompt { tokens: prompt_tokens(&verifier, &p), max_tokens: 8 }).collect();
+    let config = HopConfig { block_size: 4, diffusion: None, features: false };
+    let mut ticks = 0;
+    let rows = duet_orchestrator::grpc::hops::measure(&verifier, &prompts, &config, rt(), &mut |_| ticks += 1).expect("measurement");
+    assert_eq!(ticks, 2 * 2 * 2, "2 prompts × 2 modes × 2 transports");
+    let cells: Vec<(&str, &str)> = rows.iter().map(|r| (r.mode, r.transport)).collect();
+    assert_eq!(cells, [("ar", "in-process"), ("ar", "split-grpc"), ("hybrid-ngram", "in-process"), ("hybrid-ngram", "split-grpc")]);
+    for pair in rows.chunks(2) {
+        assert_eq!(pair[0].tokens, pair[1].tokens, "{pair:?}");
+        assert!(pair.iter().all(|r| r.rounds > 0 && r.ms_per_round > 0.0), "{pair:?}");
+    }
+}
+
 /// The cost of the network hops, per round, in process against split over loopback gRPC (the
 /// 0.5B verifier, n-gram drafter). A measurement, not a check: run it on a quiet machine with
 /// `cargo test -p duet-tests --release --test grpc network_hops -- --ignored --nocapture`

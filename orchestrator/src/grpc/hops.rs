@@ -202,6 +202,9 @@ pub fn measure(
             });
             let drafter = remote_drafter.as_mut().map(|d| d as &mut dyn Drafter);
             let b = engine::generate(&mut session as &mut dyn VerifierSession, drafter, &prompt.tokens, &params, &is_eog, &mut |_| true)?;
+            // Wait for the slot to be free: the next in-process generation may need it (a bench
+            // at concurrency 1 loads a verifier of one session).
+            session.close().map_err(|e| setup(&e))?;
             progress(&format!("{label} split-grpc prompt {}/{}", i + 1, prompts.len()));
             if a.tokens != b.tokens {
                 return Err(HopError::Mismatch { prompt: i, mode: label });

@@ -344,6 +344,15 @@ impl RemoteVerifierSession {
         &self.id
     }
 
+    /// Closes the session and waits for the replica's answer, so its slot is free when this
+    /// returns (dropping the session closes it in the background). Blocks on the runtime, like
+    /// every call of the session. Returns whether the replica still had the session.
+    pub fn close(mut self) -> Result<bool, Status> {
+        let mut c = self.client.clone();
+        let req = request(pb::CloseSessionRequest { session_id: std::mem::take(&mut self.id) }, self.timeout);
+        self.rt.block_on(async move { c.close_session(req).await }).map(|r| r.into_inner().existed)
+    }
+
     fn finish(
         &mut self,
         op: &'static str,
@@ -407,6 +416,10 @@ impl VerifierSession for RemoteVerifierSession {
 impl Drop for RemoteVerifierSession {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        if self.id.is_empty() {
+            // Closed already (`close`).
+            return;
+        }
         // Fire and forget: a lost close is cleaned up by the replica's idle timeout.
         let mut c = self.client.clone();
         let req = request(pb::CloseSessionRequest { session_id: std::mem::take(&mut self.id) }, self.timeout);
