@@ -8,6 +8,7 @@ use std::time::Duration;
 use duet_orchestrator::drafters::DrafterKind;
 use duet_orchestrator::engine::{self, Drafter, GenerateParams, Mode, VerifierSession};
 use duet_orchestrator::grpc::drafter_factory::ModelDrafters;
+use duet_orchestrator::grpc::hops::{HopConfig, HopPrompt};
 use duet_orchestrator::grpc::server::LocalServer;
 use duet_orchestrator::grpc::{
     DrafterService, DrafterServiceConfig, GrpcServer, RemoteDrafterService, RemoteVerifiers, VerifierService,
@@ -173,15 +174,80 @@ fn bad_verifier_requests_answer_invalid_argument_naming_the_field() {
     rt().block_on(c.close_session(pb::CloseSessionRequest { session_id: id })).expect("close");
 }
 
+#[test]
+fn measure_costs_answers_a_curve_that_starts_at_one_and_refuses_bad_sizes_naming_the_field() {
+    let server = verifier_server(service_config(8));
+    let v = small_verifier();
+    let context = v.tokenize("def add(a, b):\n    return a + b\n", false).expect("tokens");
+    let mut c = rt().block_on(VerifierClient::connect(server.url())).expect("connect");
+    let req = pb::MeasureCostsRequest { context: context.clone(), sizes: vec![4, 1, 2], repeats: 1 };
+    let r = rt().block_on(c.measure_costs(req)).expect("MeasureCosts").into_inner();
+    assert_eq!(r.sizes, vec![0, 1, 2, 4], "0 is always timed, sizes ascending");
+    assert_eq!(r.seconds.len(), 4);
+    assert!(r.seconds.iter().all(|t| t.is_finite() && *t > 0.0), "{:?}", r.seconds);
+    assert_eq!(r.step_s, r.seconds[0]);
+    assert_eq!(r.costs.len(), 5, "c(0) to c(4)");
+    assert_eq!(r.costs[0], 1.0);
+    assert!(r.costs.iter().all(|k| k.is_finite() && *k > 0.0), "{:?}", r.costs);
+
+    // The orchestrator's client builds the engine's curve from it.
+    let verifiers = connect(&[server.url()]);
+    let (url, curve) = rt().block_on(verifiers.measure_costs(&context, &[2], 1)).expect("client");
+    assert_eq!(url, server.url());
+    assert_eq!(curve.costs.len(), 3);
+    assert_eq!(curve.costs[0], 1.0);
+    assert!(curve.step_s > 0.0 && curve.step_s.is_finite());
+
+    let n_ctx = v.info().ctx_size;
+    let bad = [
+        (pb::MeasureCostsRequest { context: context.clone(), sizes: vec![300], repeats: 1 }, "`sizes`", "at most 256"),
+        (pb::MeasureCostsRequest { context: context.clone(), sizes: vec![1], repeats: 50 }, "`repeats`", "between 1 and 10"),
+        (pb::MeasureCostsRequest { context: Vec::new(), sizes: vec![1], repeats: 1 }, "`context`", "at least one token"),
+        (pb::MeasureCostsRequest { context: vec![1; n_ctx], sizes: vec![8], repeats: 1 }, "`context`", "room for the largest block"),
+    ];
+    for (req, field, limit) in bad {
+        let s = rt().block_on(c.measure_costs(req)).expect_err(field);
+        assert_eq!(s.code(), Code::InvalidArgument, "{field}: {s:?}");
+        assert!(s.message().starts_with(field) && s.message().contains(limit), "{field}: {}", s.message());
+    }
+}
+
+/// The hop measurement alternates in-process and split generations on one verifier; a verifier of
+/// a single session (`duet bench --concurrency 1`) must do, so the split session's slot has to be
+/// free again before the next in-process generation starts.
+#[test]
+fn the_hop_measurement_runs_on_a_one_session_verifier_and_both_transports_agree() {
+    let mut cfg = VerifierConfig::new(small_model_path());
+    cfg.ctx_size = 512;
+    cfg.max_sessions = 1;
+    cfg.threads = 1;
+    let verifier = Verifier::load(cfg).expect("loading the 0.5B verifier");
+    let p = load_prompts("lossless_prompts.jsonl").into_iter().find(|p| p.id == "edit-rename").expect("edit-rename prompt");
+    let prompts: Vec<HopPrompt> = (0..2).map(|_| HopPrompt { tokens: prompt_tokens(&verifier, &p), max_tokens: 8 }).collect();
+    let config = HopConfig { block_size: 4, diffusion: None, features: false };
+    let mut ticks = 0;
+    let rows = duet_orchestrator::grpc::hops::measure(&verifier, &prompts, &config, rt(), &mut |_| ticks += 1).expect("measurement");
+    assert_eq!(ticks, 2 * 2 * 2, "2 prompts × 2 modes × 2 transports");
+    let cells: Vec<(&str, &str)> = rows.iter().map(|r| (r.mode, r.transport)).collect();
+    assert_eq!(cells, [("ar", "in-process"), ("ar", "split-grpc"), ("hybrid-ngram", "in-process"), ("hybrid-ngram", "split-grpc")]);
+    for pair in rows.chunks(2) {
+        assert_eq!(pair[0].tokens, pair[1].tokens, "{pair:?}");
+        assert!(pair.iter().all(|r| r.rounds > 0 && r.ms_per_round > 0.0), "{pair:?}");
+    }
+}
+
 /// The cost of the network hops, per round, in process against split over loopback gRPC (the
 /// 0.5B verifier, n-gram drafter). A measurement, not a check: run it on a quiet machine with
-/// `cargo test -p duet-tests --release --test grpc network_hops -- --ignored --nocapture`.
+/// `cargo test -p duet-tests --release --test grpc network_hops -- --ignored --nocapture`
+/// (`duet bench --hops N` measures the same on the bench's models and prompts).
 #[test]
 #[ignore = "a measurement; run it by hand on a quiet machine"]
 fn network_hops_cost_per_round() {
     let v = small_verifier();
-    let prompts: Vec<Vec<TokenId>> = load_prompts("lossless_prompts.jsonl").iter().take(6).map(|p| prompt_tokens(v, p)).collect();
-    let rows = duet_orchestrator::grpc::hops::measure(v, &prompts, 64, 6, rt()).expect("measurement");
+    let prompts: Vec<HopPrompt> =
+        load_prompts("lossless_prompts.jsonl").iter().take(6).map(|p| HopPrompt { tokens: prompt_tokens(v, p), max_tokens: 64 }).collect();
+    let config = HopConfig { block_size: 6, diffusion: None, features: false };
+    let rows = duet_orchestrator::grpc::hops::measure(v, &prompts, &config, rt(), &mut |_| {}).expect("measurement");
     println!("{}", duet_orchestrator::grpc::hops::markdown(&rows));
     println!("{}", serde_json::to_string(&rows).expect("JSON"));
 }

@@ -3,7 +3,8 @@
 //! drafter (classic speculative decoding), and `diffusion` (the drafter alone, unverified) — on the
 //! same verifier, prompts and threads in one run, and reports each one's throughput, speedup over
 //! `ar` paired per prompt, acceptance, draft lengths, latencies and time split, in process and
-//! through `duet serve`, at each concurrency level; plus the verifier cost curve c(k).
+//! through `duet serve`, at each concurrency level; plus the verifier cost curve c(k) and what the
+//! network hops of a split deployment add per round (`--hops`).
 //!
 //! Fairness: every model loads once and serves every mode; prompts run in groups of `concurrency`,
 //! and each group runs every mode back to back (ar first), so drift on the machine reaches all modes
@@ -19,6 +20,7 @@
 
 mod compare;
 mod cost;
+mod hops;
 pub mod load;
 mod metrics;
 mod modes;
@@ -113,6 +115,12 @@ pub struct BenchArgs {
     /// [default: 0,1,2,3,4,6,8,12,16,32; 0,1,2,4,8 with --quick].
     #[arg(long, value_delimiter = ',')]
     pub cost_ks: Option<Vec<usize>>,
+    /// Measure what the network hops cost per round: the first N prompts of the first suite in
+    /// `ar`, `hybrid-ngram` (and `hybrid-diffusion` when it runs), in process and split over
+    /// loopback gRPC, after the other modes; 0 turns it off. In process only (not with
+    /// --server-only) [default: 4; 2 with --quick].
+    #[arg(long, value_name = "N")]
+    pub hops: Option<usize>,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
@@ -324,7 +332,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let prompts: usize = suites.iter().map(|s| s.prompts.len()).sum();
     let warmups = transports.len() * modes.len();
-    let total = transports.len() * levels.len() * prompts * modes.len() * args.repeats + warmups + if in_process { ks.len() * reps } else { 0 };
+    let hop_prompts = if in_process { args.hops.unwrap_or(if args.quick { hops::QUICK_PROMPTS } else { hops::DEFAULT_PROMPTS }) } else { 0 };
+    let checkpoint = args.diffusion.checkpoint_path().display().to_string();
+    let hop_plan = hops::HopPlan::new(hop_prompts, suites.first().map_or(&[][..], |s| &s.prompts[..]), &models, &modes, args.block_size, &checkpoint);
+    let total = transports.len() * levels.len() * prompts * modes.len() * args.repeats
+        + warmups
+        + if in_process { ks.len() * reps } else { 0 }
+        + hop_plan.generations();
     let bar = progress_bar(total as u64);
     let count_tokens = |t: &str| models.verifier.tokenize(t, false).map_or(0, |v| v.len());
 
@@ -408,6 +422,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The network hops last: their servers and threads must not share the machine with the modes.
+    let hop_result = hop_plan.run(&models, |what| {
+        let msg = format!("network hops: {what}");
+        if bar.is_hidden() {
+            eprintln!("[bench] {msg}");
+        }
+        bar.set_message(msg);
+        bar.inc(1);
+    });
+    let (hop_rows, hops_failure) = match hop_result {
+        Ok(rows) => (rows, None),
+        Err(f) => (Vec::new(), Some(f)),
+    };
+
     bar.finish_and_clear();
     machine.finish();
 
@@ -427,6 +455,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rayon_threads: std::env::var("RAYON_NUM_THREADS").ok(),
             block_size: args.block_size,
             draft_length: args.draft_length,
+            hop_prompts: hop_plan.prompts(),
             quick: args.quick,
             modes: modes.clone(),
             concurrency: levels.clone(),
@@ -442,6 +471,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         summaries,
         cost_curve,
         mismatches,
+        hops: hop_rows,
+        hops_failure,
         plots,
         samples,
     };
@@ -452,7 +483,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(args.out.join("results.md"), &table).with_context(|| format!("writing {}", args.out.join("results.md").display()))?;
     print!("{table}");
     eprintln!("duet bench: wrote {} and {} plot(s) to {}", json_path.display(), report.plots.len(), args.out.display());
-    verdict(&report.mismatches, &args.out)
+    let lossless = verdict(&report.mismatches, &args.out);
+    let hop_verdict = hops::verdict(report.hops_failure.as_ref());
+    lossless.and(hop_verdict)
 }
 
 /// Whether `drafter` is conditioned on hidden states of `verifier`'s width.

@@ -7,6 +7,8 @@ use serde::Serialize;
 
 use super::compare::Mismatch;
 use super::cost::CostPoint;
+use super::hops::HopFailure;
+use crate::grpc::hops::HopRow;
 use super::metrics::Summary;
 use super::modes::BenchMode;
 use super::sample::Sample;
@@ -109,6 +111,8 @@ pub struct RunConfig {
     pub block_size: usize,
     /// How hybrid rounds chose their draft length.
     pub draft_length: super::DraftLength,
+    /// Prompts of the first suite in the network-hop measurement (`--hops`; 0: not measured).
+    pub hop_prompts: usize,
     /// `--quick`.
     pub quick: bool,
     /// Modes measured.
@@ -138,6 +142,11 @@ pub struct Report {
     pub cost_curve: Vec<CostPoint>,
     /// Greedy outputs that differ from `ar`'s; any fails the run.
     pub mismatches: Vec<Mismatch>,
+    /// What the network hops cost: per mode, one row in process and one split over loopback gRPC
+    /// (`ms_per_round` of the split row minus the in-process row's is the hops' price per round).
+    pub hops: Vec<HopRow>,
+    /// Why the hop phase has no rows; a mismatch fails the run like `mismatches`.
+    pub hops_failure: Option<HopFailure>,
     /// Plot files written, relative to the output folder.
     pub plots: Vec<String>,
     /// Every generation.
@@ -227,6 +236,25 @@ pub fn markdown(r: &Report) -> String {
         let points: Vec<String> = r.cost_curve.iter().map(|p| format!("c({})={:.2}", p.k, p.c)).collect();
         let step = r.cost_curve.iter().find(|p| p.k == 0).map_or(0.0, |p| p.median_s);
         let _ = writeln!(o, "\nVerifier cost curve (time of verifying k drafts / one step of {} ms): {}", ms(step), points.join(", "));
+    }
+    if !r.hops.is_empty() {
+        let suite = c.suites.first().map_or("", |s| s.name.as_str());
+        let _ = writeln!(
+            o,
+            "\nNetwork hops ({} prompt(s) of {suite}, each generated in process and split over loopback gRPC; per round after the \
+             prompt; hops = split − in process):\n\n{}",
+            c.hop_prompts,
+            crate::grpc::hops::markdown(&r.hops).trim_end()
+        );
+    }
+    match &r.hops_failure {
+        Some(f) if f.mismatch => {
+            let _ = writeln!(o, "\n**LOSSLESS CHECK FAILED (network hops): {}**", f.message);
+        }
+        Some(f) => {
+            let _ = writeln!(o, "\n**Network hops not measured: {}**", f.message);
+        }
+        None => {}
     }
     for s in &r.skipped {
         let _ = writeln!(o, "\nSkipped {}: {}", s.mode.label(), s.reason);

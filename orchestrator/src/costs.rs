@@ -48,6 +48,23 @@ pub fn measured_sizes(max_len: usize) -> Vec<usize> {
     sizes
 }
 
+/// Text whose tokens stand for a typical context when a server (`duet serve`, `duet orchestrator
+/// serve`) measures its cost curve at start-up.
+pub const SERVE_CONTEXT: &str = "def merge_sorted(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n";
+
+/// The context a server measures its curve at: the tokens of [`SERVE_CONTEXT`] repeated to 256
+/// tokens (at most half the verifier's context), so every request drafts by one curve whatever
+/// its length.
+pub fn serve_context(tokens: &[TokenId], ctx_size: usize) -> Vec<TokenId> {
+    tokens.iter().copied().cycle().take(256.min(ctx_size / 2)).collect()
+}
+
+/// The longest draft a server's curve covers: its default block size, within the engine's limit
+/// and a quarter of the context.
+pub fn serve_max_len(block_size: usize, ctx_size: usize) -> usize {
+    block_size.min(crate::engine::MAX_BLOCK_SIZE).min(ctx_size / 4).max(1)
+}
+
 /// The cache key of a verifier setting.
 pub fn cache_key(model: &Path, threads: u32, prompt_len: usize) -> String {
     let name = model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());

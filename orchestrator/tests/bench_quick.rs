@@ -1,6 +1,7 @@
 //! `duet bench --quick` end to end with the real Qwen2.5-Coder-0.5B verifier (also the AR drafter)
 //! and a tiny random standalone diffusion drafter, so every mode runs: the JSON file, the markdown
-//! table and the plots appear, every greedy hybrid output equals ar's, and bad flags fail cleanly.
+//! table, the network-hop table and the plots appear, every greedy hybrid output equals ar's (split
+//! over gRPC too), and bad flags fail cleanly.
 //! The model must be in `models/` (scripts/fetch-models.sh qwen-0.5b): the test fails without it.
 
 use std::path::{Path, PathBuf};
@@ -117,6 +118,24 @@ fn quick_bench_runs_every_mode_and_writes_json_table_and_plots() {
         assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{name} is not an SVG");
     }
     assert!(out.join("results.md").is_file());
+
+    // The network hops (--quick: the first 2 prompts of the first suite), every mode on both sides.
+    assert_eq!(json["config"]["hop_prompts"], 2);
+    assert!(json["hops_failure"].is_null(), "{}", json["hops_failure"]);
+    let hops = json["hops"].as_array().expect("hops");
+    for mode in ["ar", "hybrid-ngram", "hybrid-diffusion"] {
+        let row = |t: &str| hops.iter().find(|r| r["mode"] == mode && r["transport"] == t).unwrap_or_else(|| panic!("{mode} {t} in {hops:?}"));
+        let (local, split) = (row("in-process"), row("split-grpc"));
+        assert_eq!(local["tokens"], split["tokens"], "{mode}: both transports generate the same tokens");
+        assert!(local["tokens"].as_u64().is_some_and(|t| t > 0), "{local}");
+        for r in [local, split] {
+            assert!(r["rounds"].as_u64().is_some_and(|n| n > 0), "{r}");
+            assert!(r["ms_per_round"].as_f64().is_some_and(|ms| ms > 0.0 && ms.is_finite()), "{r}");
+        }
+    }
+    assert_eq!(hops.len(), 6);
+    assert!(stdout.contains("Network hops (2 prompt(s) of code"), "{stdout}");
+    assert!(stdout.contains("| mode | rounds | tokens | in-process ms/round | split ms/round | hops ms/round |"), "{stdout}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Duet spread over three processes on loopback — `duet verifier serve`, `duet drafter serve` and
 //! `duet orchestrator serve` — with the real Qwen2.5-Coder-0.5B verifier: greedy output must be
 //! token-identical to verifier-only decoding (`duet generate --mode ar`) and to the in-process
-//! engine, also when the drafter process dies in the middle of a generation.
+//! engine, also when the drafter process dies in the middle of a generation, and when the
+//! orchestrator drafts by the cost curve its verifier measures (`MeasureCosts`).
 //!
 //! The tests live in the orchestrator package because they run its `duet` binary
 //! (`CARGO_BIN_EXE_duet`). Each process listens on port 0 and prints the port it bound; a guard
@@ -37,6 +38,8 @@ struct Proc {
     url: String,
     /// Further "listening on" lines (a second server in the same process).
     more: Receiver<String>,
+    /// Lines about the verifier's cost curve.
+    notes: Receiver<String>,
 }
 
 impl Proc {
@@ -53,16 +56,20 @@ impl Proc {
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = channel();
+        let (notes_tx, notes) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split(" listening on ").nth(1) {
                     let _ = tx.send(addr.trim().to_owned());
                 }
+                if line.contains("cost curve") {
+                    let _ = notes_tx.send(line.clone());
+                }
                 eprintln!("[{name}] {line}");
             }
         });
         let addr = wait_line(&rx, name, &mut child);
-        Proc { name, child, url: format!("http://{addr}"), more: rx }
+        Proc { name, child, url: format!("http://{addr}"), more: rx, notes }
     }
 
     /// The host:port of the next server the process announced (e.g. `--http-listen`).
@@ -115,7 +122,9 @@ struct Cluster {
     orchestrator: Proc,
 }
 
-fn start_cluster() -> Cluster {
+/// The three processes; the orchestrator drafts by `draft_length` (`fixed`: every draft goes through
+/// the drafter service, which the lossless and fault tests need to exercise).
+fn start_cluster(draft_length: &str) -> Cluster {
     let model = model();
     let verifier = Proc::start(
         "verifier",
@@ -129,7 +138,7 @@ fn start_cluster() -> Cluster {
         "orchestrator",
         &[
             "orchestrator", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--drafter", &drafter.url,
-            "--verifier", &verifier.url,
+            "--verifier", &verifier.url, "--draft-length", draft_length,
         ],
     );
     Cluster { verifier, drafter, orchestrator }
@@ -186,7 +195,7 @@ fn generate_locally(mode: &str, max_tokens: u32) -> Vec<u32> {
 #[test]
 fn three_processes_generate_exactly_what_ar_and_the_in_process_engine_generate() {
     const N: u32 = 32;
-    let cluster = start_cluster();
+    let cluster = start_cluster("fixed");
     let rt = rt();
     let url = cluster.orchestrator.url.clone();
     let (unary, streamed, stats) = rt.block_on(async {
@@ -256,7 +265,7 @@ fn http_post(addr: &str, path: &str, body: &str) -> (u16, String) {
 #[test]
 fn killing_the_drafter_mid_generation_falls_back_to_ar_steps_with_the_same_output() {
     const N: u32 = 48;
-    let Cluster { verifier, drafter, orchestrator } = start_cluster();
+    let Cluster { verifier, drafter, orchestrator } = start_cluster("fixed");
     let rt = rt();
     let url = orchestrator.url.clone();
     let mut drafter = Some(drafter);
@@ -288,4 +297,27 @@ fn killing_the_drafter_mid_generation_falls_back_to_ar_steps_with_the_same_outpu
     let ar = generate_locally("ar", N);
     assert_eq!(tokens, ar, "output changed when the drafter died");
     drop((orchestrator, verifier));
+}
+
+/// `duet orchestrator serve` drafts by the cost curve its verifier measures where the model runs
+/// (`MeasureCosts`), as `duet serve` does in process, and its output stays that of AR decoding.
+#[test]
+fn the_orchestrator_drafts_by_the_cost_curve_its_verifier_measures() {
+    const N: u32 = 16;
+    let cluster = start_cluster("cost-aware");
+    let note = cluster.orchestrator.notes.recv_timeout(Duration::from_secs(300)).expect("a cost-curve line");
+    assert!(
+        note.starts_with(&format!("duet: verify cost curve measured on {}", cluster.verifier.url)) && note.contains("c(k) = 1.00 "),
+        "{note}"
+    );
+    let url = cluster.orchestrator.url.clone();
+    let (hybrid, ar) = rt().block_on(async {
+        wait_serving(&url).await;
+        let mut c = OrchestratorClient::connect(url).await.expect("connect");
+        let hybrid = c.generate(request(N, pb::Mode::Hybrid)).await.expect("hybrid").into_inner();
+        let ar = c.generate(request(N, pb::Mode::Ar)).await.expect("ar").into_inner();
+        (hybrid.token_ids, ar.token_ids)
+    });
+    assert_eq!(hybrid.len(), N as usize);
+    assert_eq!(hybrid, ar, "cost-aware hybrid differs from AR through the same orchestrator");
 }

@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use tokio::sync::oneshot;
 
+use super::generate::DraftLength;
 use super::grpc_common::{bind, runtime, serve_until_shutdown};
 use crate::drafters::DrafterKind;
-use crate::engine::Mode;
+use crate::engine::{DraftPolicy, Mode};
 use crate::http::{self, AppState, DEFAULT_MAX_BODY_BYTES};
 use crate::grpc::orchestrator_service::OrchestratorService;
 use crate::grpc::remote_backend::{PROBE_EVERY, RemoteBackend, watch_verifiers};
@@ -60,6 +61,13 @@ pub struct OrchestratorServeArgs {
     /// Draft tokens per round of requests that name none (1 to 256).
     #[arg(long, default_value_t = 8)]
     pub block_size: usize,
+    /// How hybrid rounds pick their draft length, as in `duet serve`: `cost-aware` asks a verifier
+    /// to measure its cost curve at start-up (`MeasureCosts`, a second or two on a small CPU) and
+    /// sends the length with the most expected tokens per unit of time, none when a plain step
+    /// pays better; `fixed` sends every draft. A verifier that cannot measure (an older one, or
+    /// every session slot taken) leaves the fixed length, with a warning.
+    #[arg(long, value_enum, env = "DUET_DRAFT_LENGTH", default_value_t = DraftLength::CostAware)]
+    pub draft_length: DraftLength,
     /// Milliseconds a draft call may take before the round goes on as a plain verifier step; after a
     /// failed or late call every generation leaves the drafter alone for a back-off window (0.5 s,
     /// doubling to 10 s) and takes plain verifier steps (same output), then tries it again.
@@ -181,6 +189,10 @@ async fn connect(
         }
     };
     let max_running = args.max_running.unwrap_or(verifiers.total_sessions()).max(1);
+    let draft_policy = match args.draft_length {
+        DraftLength::Fixed => DraftPolicy::Fixed,
+        DraftLength::CostAware => remote_cost_policy(&verifiers, args.block_size).await,
+    };
     let drafter = RemoteDrafterService::new(&args.drafter_url, rt.clone(), Duration::from_millis(args.drafter_timeout_ms))
         .with_context(|| format!("bad drafter address {}", args.drafter_url))?;
     let backend = Arc::new(RemoteBackend::new(verifiers, drafter, rt).await.context("checking the verifiers")?);
@@ -191,9 +203,40 @@ async fn connect(
         drafter: args.default_drafter,
         block_size: args.block_size,
         request_timeout: (args.request_timeout > 0).then(|| std::time::Duration::from_secs(args.request_timeout)),
-        // The remote verifier service has no cost measurement call: every proposed draft is sent.
-        draft_policy: crate::engine::DraftPolicy::Fixed,
+        draft_policy,
     };
     let service = GenerationService::start(backend.clone(), config).context("starting the generation threads")?;
     Ok((service, backend))
+}
+
+/// The cost-aware draft length over the curve a verifier measures where the model runs
+/// (`MeasureCosts`), at the context and sizes `duet serve` measures at. Not cached here: the curve
+/// depends on the verifier's machine, threads and load, which this process cannot key a cache by.
+/// When no verifier can measure, the fixed length: drafting every proposal still serves, only
+/// slower where the drafter misses.
+async fn remote_cost_policy(verifiers: &RemoteVerifiers, block_size: usize) -> DraftPolicy {
+    let ctx_size = verifiers.info().ctx_size;
+    let sizes = crate::costs::measured_sizes(crate::costs::serve_max_len(block_size, ctx_size));
+    let measured = match verifiers.tokenize(crate::costs::SERVE_CONTEXT, false).await {
+        Ok(tokens) => verifiers.measure_costs(&crate::costs::serve_context(&tokens, ctx_size), &sizes, 0).await,
+        Err(s) => Err(s),
+    };
+    match measured {
+        Ok((url, curve)) => {
+            eprintln!(
+                "duet: verify cost curve measured on {url} (step {:.1} ms): c(k) = {}",
+                curve.step_s * 1e3,
+                curve.costs.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" ")
+            );
+            DraftPolicy::CostAware(curve)
+        }
+        Err(s) => {
+            eprintln!(
+                "duet: warning: no verifier measured its cost curve ({:?}: {}); drafting fixed lengths (--draft-length fixed)",
+                s.code(),
+                s.message()
+            );
+            DraftPolicy::Fixed
+        }
+    }
 }

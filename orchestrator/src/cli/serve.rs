@@ -296,17 +296,14 @@ fn load(args: &ServeArgs) -> anyhow::Result<GenerationService> {
     Ok(GenerationService::start(Arc::new(models), config)?)
 }
 
-/// Text whose tokens stand for a typical context when the cost curve is measured at start-up.
-const COST_CONTEXT: &str = "def merge_sorted(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n";
-
 /// The verifier's cost curve for drafts up to the largest block, at a context of 256 tokens: from the
 /// cache, else measured now (a second or two). Every request drafts by it, whatever its length.
 fn serve_cost_curve(args: &ServeArgs, verifier: &duet_verifier::Verifier) -> anyhow::Result<crate::engine::CostCurve> {
-    let one = verifier.tokenize(COST_CONTEXT, false).context("tokenizing the cost-curve context")?;
-    let context: Vec<_> = one.iter().copied().cycle().take(256.min(verifier.info().ctx_size / 2)).collect();
+    let one = verifier.tokenize(crate::costs::SERVE_CONTEXT, false).context("tokenizing the cost-curve context")?;
+    let context = crate::costs::serve_context(&one, verifier.info().ctx_size);
     let threads = args.models.threads.unwrap_or_else(duet_verifier::config::default_threads);
     let cache = crate::costs::default_cache_path();
-    let max_len = args.block_size.min(MAX_BLOCK_SIZE).min(verifier.info().ctx_size / 4).max(1);
+    let max_len = crate::costs::serve_max_len(args.block_size, verifier.info().ctx_size);
     let (curve, measured) = crate::costs::cost_curve(verifier, &context, max_len, threads, cache.as_deref(), false)?;
     eprintln!(
         "duet: verify cost curve{} (step {:.1} ms): c(k) = {}",

@@ -6,7 +6,8 @@
 //! tonic, and the hand-over to the blocking threads on the server side.
 //!
 //! Both transports must produce the same tokens (they run the same model); a difference is an
-//! error, not a measurement.
+//! error, not a measurement. `duet bench --hops N` runs this after its other modes; the table is
+//! in `hops_table.rs` ([`markdown`]).
 
 use std::time::Duration;
 
@@ -14,17 +15,19 @@ use duet_verifier::{TokenId, Verifier};
 use serde::Serialize;
 use tokio::runtime::Runtime;
 
-use super::drafter_factory::ModelDrafters;
+pub use super::hops_table::{HopCost, costs, markdown};
+
+use super::drafter_factory::{DiffusionSetup, ModelDrafters};
 use super::server::LocalServer;
 use super::{DrafterFactory, DrafterService, DrafterServiceConfig, GrpcServer, RemoteDrafterService, RemoteVerifiers};
 use super::{VerifierService, VerifierServiceConfig};
-use crate::drafters::{DrafterKind, NgramDrafter};
+use crate::drafters::{DiffusionDrafter, DrafterKind, NgramDrafter};
 use crate::engine::{self, Drafter, GenerateParams, Mode, Stats, VerifierSession};
 
 /// Per-round costs of one mode over one transport, summed over the prompts.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HopRow {
-    /// `ar` or `hybrid-ngram`.
+    /// `ar`, `hybrid-ngram` or `hybrid-diffusion`.
     pub mode: &'static str,
     /// `in-process` or `split-grpc`.
     pub transport: &'static str,
@@ -92,26 +95,80 @@ impl Sum {
     }
 }
 
-/// Runs every prompt in `ar` and `hybrid` (n-gram drafter) mode, in process and split over
-/// loopback gRPC, and returns one row per mode and transport. `verifier` must have a free session
-/// for each transport; `rt` must not be the caller's own runtime (the engine blocks on it).
+/// What [`measure`] runs.
+#[derive(Debug, Clone)]
+pub struct HopConfig {
+    /// Most draft tokens per round.
+    pub block_size: usize,
+    /// The block-diffusion drafter: with it, `hybrid-diffusion` is measured too, served over gRPC as
+    /// `duet drafter serve` serves it.
+    pub diffusion: Option<DiffusionSetup>,
+    /// Whether the verifier returns hidden states. A drafter conditioned on them needs it, and the
+    /// split run then carries them over gRPC, as `duet verifier serve --features` does.
+    pub features: bool,
+}
+
+/// One prompt: its tokens and how many to generate.
+#[derive(Debug, Clone)]
+pub struct HopPrompt {
+    /// The prompt's tokens.
+    pub tokens: Vec<TokenId>,
+    /// Tokens to generate.
+    pub max_tokens: usize,
+}
+
+/// The modes [`measure`] runs for `config`, in order: `ar`, `hybrid-ngram`, and
+/// `hybrid-diffusion` when a diffusion drafter is given.
+pub fn modes(config: &HopConfig) -> Vec<&'static str> {
+    let mut m = vec!["ar", "hybrid-ngram"];
+    if config.diffusion.is_some() {
+        m.push("hybrid-diffusion");
+    }
+    m
+}
+
+/// The drafter service's name of a mode's drafter, `None` for `ar`.
+fn drafter_name(mode: &str) -> Option<&'static str> {
+    match mode {
+        "hybrid-ngram" => Some("ngram"),
+        "hybrid-diffusion" => Some("diffusion"),
+        _ => None,
+    }
+}
+
+/// Runs every prompt in each of [`modes`], in process and split over loopback gRPC, and returns one
+/// row per mode and transport. Every proposed draft is sent (the fixed draft length), so both
+/// transports run the same rounds and differ only by the hops. `progress` is called after each
+/// generation (2 per prompt and mode) with what ran. `verifier` needs one free session; `rt`
+/// must not be the caller's own runtime (the engine blocks on it).
 pub fn measure(
     verifier: &Verifier,
-    prompts: &[Vec<TokenId>],
-    max_tokens: usize,
-    block_size: usize,
+    prompts: &[HopPrompt],
+    config: &HopConfig,
     rt: &Runtime,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<HopRow>, HopError> {
     let setup = |e: &dyn std::fmt::Display| HopError::Setup(e.to_string());
-    let config = VerifierServiceConfig { idle_timeout: Duration::from_secs(300), max_sessions: 1, features: false };
+    let info = verifier.info();
+    let feature_dim = match config.diffusion.as_ref().and_then(|d| d.model.feature_dim()) {
+        Some(d) if config.features && d == info.n_embd as usize => d,
+        Some(d) => {
+            return Err(HopError::Setup(format!(
+                "the diffusion drafter is conditioned on hidden states of width {d}, but the verifier {} gives {}",
+                info.description,
+                if config.features { info.n_embd.to_string() } else { "none".into() }
+            )));
+        }
+        None => 0,
+    };
+    let vconfig = VerifierServiceConfig { idle_timeout: Duration::from_secs(300), max_sessions: 1, features: config.features };
+    let factory = ModelDrafters { diffusion: config.diffusion.clone(), ar_model: None, default: DrafterKind::Ngram };
     let (vserver, dserver) = rt.block_on(async {
-        let service = VerifierService::with_verifier(verifier.clone(), config);
+        let service = VerifierService::with_verifier(verifier.clone(), vconfig);
         let server = GrpcServer::new().await.map_err(|e| setup(&e))?.add_service(service.into_server()).await;
         let vserver = LocalServer::start(server).await.map_err(|e| setup(&e))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let load = Box::new(|| {
-            Ok(Box::new(ModelDrafters { diffusion: None, ar_model: None, default: DrafterKind::Ngram }) as Box<dyn DrafterFactory>)
-        });
+        let load = Box::new(move || Ok(Box::new(factory) as Box<dyn DrafterFactory>));
         let drafter = DrafterService::start(load, DrafterServiceConfig::default(), tx).map_err(|e| setup(&e))?;
         rx.await.map_err(|e| setup(&e))?.map_err(|e| setup(&e))?;
         let server = GrpcServer::new().await.map_err(|e| setup(&e))?.add_service(drafter.into_server()).await;
@@ -122,25 +179,33 @@ pub fn measure(
         .block_on(RemoteVerifiers::connect(&[vserver.url()], rt.handle().clone(), Duration::from_secs(300)))
         .map_err(|e| setup(&e))?;
     let drafts = RemoteDrafterService::new(&dserver.url(), rt.handle().clone(), Duration::from_secs(30)).map_err(|e| setup(&e))?;
-    let info = verifier.info();
+    // Connect now, so the first draft call does not pay for the TCP handshake.
+    rt.block_on(drafts.info()).map_err(|e| setup(&e))?;
     let is_eog = |t: TokenId| info.is_eog(t);
 
     let mut rows = Vec::new();
-    for (mode, label) in [(Mode::Ar, "ar"), (Mode::Hybrid, "hybrid-ngram")] {
-        let params = GenerateParams { max_tokens, mode, block_size, ..GenerateParams::default() };
+    for label in modes(config) {
+        let mode = if label == "ar" { Mode::Ar } else { Mode::Hybrid };
         let (mut local, mut split) = (Sum::default(), Sum::default());
         for (i, prompt) in prompts.iter().enumerate() {
+            let params = GenerateParams { max_tokens: prompt.max_tokens, mode, block_size: config.block_size, ..GenerateParams::default() };
             let mut session = verifier.open_session().map_err(|e| setup(&e))?;
-            let mut ngram = NgramDrafter::default();
-            let drafter: Option<&mut dyn Drafter> = (mode == Mode::Hybrid).then_some(&mut ngram as &mut dyn Drafter);
-            let a = engine::generate(&mut session, drafter, prompt, &params, &is_eog, &mut |_| true)?;
+            let mut drafter = local_drafter(label, config)?;
+            let a = engine::generate(&mut session, drafter.as_mut().map(|d| d.as_mut() as &mut dyn Drafter), &prompt.tokens, &params, &is_eog, &mut |_| true)?;
             drop(session);
+            progress(&format!("{label} in-process prompt {}/{}", i + 1, prompts.len()));
 
-            let mut session = rt.block_on(remote.open_session(None, false)).map_err(|e| setup(&e))?;
-            let mut remote_drafter = drafts.session("ngram", 0, None);
-            let drafter: Option<&mut dyn Drafter> =
-                (mode == Mode::Hybrid).then_some(&mut remote_drafter as &mut dyn Drafter);
-            let b = engine::generate(&mut session as &mut dyn VerifierSession, drafter, prompt, &params, &is_eog, &mut |_| true)?;
+            let hidden = label == "hybrid-diffusion" && feature_dim > 0;
+            let mut session = rt.block_on(remote.open_session(None, hidden)).map_err(|e| setup(&e))?;
+            let mut remote_drafter = drafter_name(label).map(|name| {
+                drafts.session(name, if name == "diffusion" { feature_dim } else { 0 }, None)
+            });
+            let drafter = remote_drafter.as_mut().map(|d| d as &mut dyn Drafter);
+            let b = engine::generate(&mut session as &mut dyn VerifierSession, drafter, &prompt.tokens, &params, &is_eog, &mut |_| true)?;
+            // Wait for the slot to be free: the next in-process generation may need it (a bench
+            // at concurrency 1 loads a verifier of one session).
+            session.close().map_err(|e| setup(&e))?;
+            progress(&format!("{label} split-grpc prompt {}/{}", i + 1, prompts.len()));
             if a.tokens != b.tokens {
                 return Err(HopError::Mismatch { prompt: i, mode: label });
             }
@@ -153,28 +218,15 @@ pub fn measure(
     Ok(rows)
 }
 
-/// The rows as a Markdown table, with the hop cost (split minus in-process) per mode.
-pub fn markdown(rows: &[HopRow]) -> String {
-    let mut out = String::from(
-        "| mode | transport | rounds | tokens | ms/round | verifier ms/round | drafter ms/round |\n|---|---|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.3} |\n",
-            r.mode, r.transport, r.rounds, r.tokens, r.ms_per_round, r.verifier_ms_per_round, r.drafter_ms_per_round
-        ));
-    }
-    for pair in rows.chunks(2) {
-        if let [a, b] = pair {
-            out.push_str(&format!(
-                "\n{}: the hops add {:.2} ms per round ({:.2} → {:.2}).",
-                a.mode,
-                b.ms_per_round - a.ms_per_round,
-                a.ms_per_round,
-                b.ms_per_round
-            ));
+/// The in-process drafter of a mode, `None` for `ar`.
+fn local_drafter(label: &str, config: &HopConfig) -> Result<Option<Box<dyn Drafter>>, HopError> {
+    Ok(match label {
+        "hybrid-ngram" => Some(Box::new(NgramDrafter::default())),
+        "hybrid-diffusion" => {
+            let d = config.diffusion.as_ref().ok_or_else(|| HopError::Setup("no diffusion drafter".into()))?;
+            let drafter = DiffusionDrafter::new(d.model.clone(), d.sampler.clone(), d.hints).map_err(|e| HopError::Setup(e.to_string()))?;
+            Some(Box::new(drafter))
         }
-    }
-    out.push('\n');
-    out
+        _ => None,
+    })
 }

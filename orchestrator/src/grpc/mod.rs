@@ -7,11 +7,12 @@
 //! - [`drafter_service`] / [`drafter_client`]: `duet.v1.Drafter` and [`RemoteDrafter`]; a session
 //!   keeps its context on the service, each call carries only new tokens and features.
 //! - [`verifier_service`] / [`verifier_client`]: `duet.v1.Verifier` and [`RemoteVerifierSession`];
-//!   sessions spread over replicas and stay on theirs.
+//!   sessions spread over replicas and stay on theirs; [`measure_costs`] is the verifier's cost
+//!   curve measured on the server, for the cost-aware draft length of a remote orchestrator.
 //! - [`orchestrator_service`]: `duet.v1.Orchestrator` over the generation service
 //!   ([`crate::service`]); [`remote_backend`] is that service's backend over the remote drafter
 //!   and verifiers (`duet orchestrator serve`).
-//! - [`hops`]: what the network hops cost per round, split against in process.
+//! - [`hops`]: what the network hops cost per round, split against in process (`duet bench --hops`).
 //! - [`server`]: health, reflection, graceful shutdown, shared by every server.
 //! - [`convert`]: the wire types and the one mapping of errors to status codes.
 //!
@@ -24,6 +25,8 @@ pub mod drafter_client;
 pub mod drafter_factory;
 pub mod drafter_service;
 pub mod hops;
+mod hops_table;
+pub mod measure_costs;
 pub mod orchestrator_service;
 pub mod remote_backend;
 pub mod server;

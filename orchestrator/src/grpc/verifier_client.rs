@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 use super::convert::{verdict_from_pb, verifier_from_status};
 use super::drafter_client::lazy_channel;
 use super::server::MAX_MESSAGE_BYTES;
-use crate::engine::VerifierSession;
+use crate::engine::{CostCurve, VerifierSession};
 
 /// Time allowed for one verifier call by default: a long prompt on a small CPU takes a while.
 pub const DEFAULT_VERIFIER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -240,6 +240,37 @@ impl RemoteVerifiers {
         .await
     }
 
+    /// The verifier's cost curve c(k) for blocks of `sizes` drafts at `context` (`MeasureCosts`,
+    /// `repeats` 0 for the server's default), measured on the replica where the model runs, so the
+    /// hops do not blur it. Replicas serve one model and are assumed to run on alike machines, so the
+    /// first that answers measures (a full or unreachable one passes to the next). Returns that
+    /// replica's address with the curve.
+    pub async fn measure_costs(&self, context: &[TokenId], sizes: &[usize], repeats: u32) -> Result<(String, CostCurve), Status> {
+        let msg = pb::MeasureCostsRequest {
+            context: context.to_vec(),
+            sizes: sizes.iter().map(|&k| k as u32).collect(),
+            repeats,
+        };
+        let mut last = Status::unavailable("no verifier replica");
+        for i in self.order() {
+            let r = &self.replicas[i];
+            match r.client.clone().measure_costs(request(msg.clone(), self.timeout)).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let sizes: Vec<usize> = resp.sizes.iter().map(|&k| k as usize).collect();
+                    let curve = CostCurve::from_times(&sizes, &resp.seconds)
+                        .map_err(|e| Status::internal(format!("verifier {} measured a bad cost curve: {e}", r.url)))?;
+                    return Ok((r.url.clone(), curve));
+                }
+                Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => {
+                    last = Status::new(s.code(), format!("verifier {}: {}", r.url, s.message()));
+                }
+                Err(s) => return Err(Status::new(s.code(), format!("verifier {}: {}", r.url, s.message()))),
+            }
+        }
+        Err(last)
+    }
+
     /// Opens a session on the least busy replica that has room. With `hidden_states`, every
     /// verdict carries the verifier's hidden states (the replicas must have them on).
     pub async fn open_session(
@@ -313,6 +344,15 @@ impl RemoteVerifierSession {
         &self.id
     }
 
+    /// Closes the session and waits for the replica's answer, so its slot is free when this
+    /// returns (dropping the session closes it in the background). Blocks on the runtime, like
+    /// every call of the session. Returns whether the replica still had the session.
+    pub fn close(mut self) -> Result<bool, Status> {
+        let mut c = self.client.clone();
+        let req = request(pb::CloseSessionRequest { session_id: std::mem::take(&mut self.id) }, self.timeout);
+        self.rt.block_on(async move { c.close_session(req).await }).map(|r| r.into_inner().existed)
+    }
+
     fn finish(
         &mut self,
         op: &'static str,
@@ -376,6 +416,10 @@ impl VerifierSession for RemoteVerifierSession {
 impl Drop for RemoteVerifierSession {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        if self.id.is_empty() {
+            // Closed already (`close`).
+            return;
+        }
         // Fire and forget: a lost close is cleaned up by the replica's idle timeout.
         let mut c = self.client.clone();
         let req = request(pb::CloseSessionRequest { session_id: std::mem::take(&mut self.id) }, self.timeout);

@@ -6,7 +6,7 @@
 //! one call at a time per session (a second concurrent call is refused). The server answers
 //! RESOURCE_EXHAUSTED when every session slot is taken, frees sessions on `CloseSession` and after
 //! an idle timeout (a client that vanished without closing), and is NOT_SERVING until the model
-//! has loaded.
+//! has loaded. `MeasureCosts` lives in [`measure_costs`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{check_session_id, check_tokens, invalid, status_from_verifier, verdict_to_pb};
 use super::drafter_client::new_session_id;
+use super::measure_costs;
 use super::server::MAX_MESSAGE_BYTES;
 use crate::engine::MAX_BLOCK_SIZE;
 use crate::service::MAX_PROMPT_BYTES;
@@ -287,6 +288,20 @@ impl VerifierRpc for VerifierService {
         let r = request.into_inner();
         self.check_hidden(r.return_hidden_states)?;
         self.on_session(&r.session_id, r.return_hidden_states, |s| s.step()).await
+    }
+
+    async fn measure_costs(&self, request: Request<pb::MeasureCostsRequest>) -> Result<Response<pb::MeasureCostsResponse>, Status> {
+        let v = self.verifier()?.clone();
+        let plan = measure_costs::check(request.into_inner(), v.info().n_vocab, v.info().ctx_size)?;
+        let reaper = self.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            // A slot held by a vanished client may be the one the scratch session needs.
+            reaper.reap_idle();
+            measure_costs::run(&v, plan)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("verifier call panicked: {e}")))??;
+        Ok(Response::new(answer))
     }
 }
 
