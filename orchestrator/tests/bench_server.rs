@@ -21,8 +21,12 @@ fn small_model() -> PathBuf {
     p
 }
 
-/// Answers one request: the same text for every mode, except a hybrid request whose prompt holds
-/// `MISMATCH-ME`.
+/// The model the fake server lists; completions naming another one are refused, as `duet serve`
+/// refuses them.
+const SERVED_MODEL: &str = "fake-coder";
+
+/// Answers one request: `GET /v1/models` with [`SERVED_MODEL`]; a completion with the same text for
+/// every mode, except a hybrid request whose prompt holds `MISMATCH-ME`.
 fn answer(mut stream: TcpStream) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -33,12 +37,22 @@ fn answer(mut stream: TcpStream) {
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    if head.starts_with("get /v1/models") {
+        let body = json!({"object": "list", "data": [{"id": SERVED_MODEL, "object": "model", "owned_by": "fake"}]}).to_string();
+        let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        return;
+    }
     let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     let mut body = vec![0u8; len];
     if stream.read_exact(&mut body).is_err() {
         return;
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if req["model"] != SERVED_MODEL {
+        let body = json!({"error": {"message": "the model does not exist", "code": "model_not_found"}}).to_string();
+        let _ = write!(stream, "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        return;
+    }
     let prompt = req["prompt"].as_str().unwrap_or("");
     let hybrid = req["mode"] == "hybrid";
     let text = if hybrid && prompt.contains("MISMATCH-ME") { ["return a", " - b\n"] } else { ["return a", " + b\n"] };
