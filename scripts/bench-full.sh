@@ -5,8 +5,9 @@
 #   2. through the server: ar and the hybrid modes via a `duet serve` this script starts on a free
 #      loopback port with the same models and threads, at concurrency 1 and 4.
 # Writes DIR/in-process and DIR/server (results.json, results.md, SVG plots); default DIR bench-out.
-# The defaults take about 50 minutes on a 2-core machine. Run it on a quiet machine: timings taken
-# while something else computes are noise (the report records the load average).
+# The defaults take about an hour on a 2-core machine (the README's run, 6 and 3 prompts: 44 minutes).
+# Run it on a quiet machine: timings taken while something else computes are noise (the report
+# records the load average).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench-out}"
