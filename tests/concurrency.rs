@@ -7,7 +7,7 @@ use std::time::Duration;
 use duet_orchestrator::drafters::NgramDrafter;
 use duet_orchestrator::engine::{self, Drafter, GenerateParams, Mode};
 use duet_tests::{load_prompts, prompt_tokens, small_model_path};
-use duet_verifier::{TokenId, Verifier, VerifierConfig};
+use duet_verifier::{BatchShare, TokenId, Verdict, Verifier, VerifierConfig};
 
 const MAX_TOKENS: usize = 48;
 
@@ -73,7 +73,20 @@ fn blocks_of_two_sessions_share_one_decode_and_keep_their_verdicts() {
     let after = v.usage().expect("usage");
     assert_eq!(after.verify_blocks - before.verify_blocks, 2);
     assert_eq!(after.verify_decodes - before.verify_decodes, 1, "the two blocks were not decoded together");
-    assert_eq!(together, alone, "a block decoded with another session's block got a different verdict");
+    // Each session hears what the whole call held: both blocks, their rows, what both gained.
+    let gained: usize = alone.iter().map(|v| v.accepted + 1).sum();
+    for (v, draft) in alone.iter().zip(drafts) {
+        assert_eq!(v.batch, BatchShare { blocks: 1, rows: 1 + draft.len(), gained: v.accepted + 1 });
+    }
+    for v in &together {
+        assert_eq!(v.batch, BatchShare { blocks: 2, rows: 2 + 3 + 1, gained });
+    }
+    let unshared = |v: &Verdict| Verdict { batch: BatchShare::default(), ..v.clone() };
+    assert_eq!(
+        together.iter().map(unshared).collect::<Vec<_>>(),
+        alone.iter().map(unshared).collect::<Vec<_>>(),
+        "a block decoded with another session's block got a different verdict"
+    );
 
     drop(sessions);
     let idle = v.usage().expect("usage");

@@ -63,6 +63,9 @@ pub struct Summary {
     pub acceptance_by_position: Vec<f64>,
     /// Mean draft length over verification rounds (0 for a round without a draft).
     pub draft_length_mean: Option<f64>,
+    /// Sessions whose blocks shared a verifier call with this mode's rounds, on average (1 alone;
+    /// in process only).
+    pub sessions_per_call: Option<f64>,
     /// How often each draft length was chosen.
     pub draft_length_counts: BTreeMap<usize, usize>,
     /// Time to first token, median and 99th percentile, seconds.
@@ -213,6 +216,8 @@ pub fn summarize(samples: &[Sample], group_walls: &HashMap<CellKey, f64>) -> Vec
                 draft_length_mean: (key.mode != BenchMode::Ar && !draft_lengths.is_empty())
                     .then(|| draft_lengths.iter().sum::<usize>() as f64 / draft_lengths.len() as f64),
                 draft_length_counts,
+                sessions_per_call: (verified && rounds > 0)
+                    .then(|| stats.iter().map(|s| s.batch_blocks).sum::<usize>() as f64 / rounds as f64),
                 ttft_p50_s: percentile(&ttft, 50.0),
                 ttft_p99_s: percentile(&ttft, 99.0),
                 itl_p50_s: (!itl.is_empty()).then(|| percentile(&itl, 50.0)),

@@ -188,9 +188,9 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "`{}`\n", c.command);
     let _ = writeln!(
         o,
-        "| suite | mode | via | conc | tok/s | speedup med | speedup worst | decode speedup med / worst | τ | accepted | acceptance by position | draft len | TTFT p50 ms | ITL p50 / p99 ms | e2e p50 ms | drafter / verifier | vs ar |"
+        "| suite | mode | via | conc | tok/s | speedup med | speedup worst | decode speedup med / worst | τ | accepted | acceptance by position | draft len | sessions / call | TTFT p50 ms | ITL p50 / p99 ms | e2e p50 ms | drafter / verifier | vs ar |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &r.summaries {
         let by_pos: Vec<String> = s.acceptance_by_position.iter().take(8).map(|a| format!("{a:.2}")).collect();
         let vs_ar = if s.key.mode == BenchMode::Ar && s.key.concurrency == 1 {
@@ -209,7 +209,7 @@ pub fn markdown(r: &Report) -> String {
         };
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {:.1} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} |",
             s.key.suite,
             s.key.mode.label(),
             s.key.transport.label(),
@@ -223,6 +223,7 @@ pub fn markdown(r: &Report) -> String {
             opt(s.acceptance_rate, |x| format!("{:.0}%", x * 100.0)),
             if by_pos.is_empty() { "–".to_string() } else { by_pos.join(" ") },
             opt(s.draft_length_mean, |x| format!("{x:.1}")),
+            opt(s.sessions_per_call, |x| format!("{x:.1}")),
             ms(s.ttft_p50_s),
             opt(s.itl_p50_s, ms),
             opt(s.itl_p99_s, ms),

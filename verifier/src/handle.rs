@@ -50,6 +50,21 @@ pub struct Verdict {
     ///
     /// [`REPORTED_SUPPORT_LIMIT`]: crate::REPORTED_SUPPORT_LIMIT
     pub next_dist: SparseDist,
+    /// The decode call that evaluated this block, which other sessions' blocks may have shared;
+    /// all zero for `prefill`. The engine prices its next draft by it.
+    pub batch: BatchShare,
+}
+
+/// What one decode call of the verifier held: under concurrency the verifier evaluates the blocks
+/// of several sessions in one call, and a session's draft rows then lengthen every session's step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchShare {
+    /// Sessions whose blocks the call evaluated (1 when a block was alone).
+    pub blocks: usize,
+    /// Tokens the call evaluated over all blocks (each block's pending token and drafts).
+    pub rows: usize,
+    /// Tokens the call gave all sessions together: per block, its accepted drafts plus one.
+    pub gained: usize,
 }
 
 impl Verifier {

@@ -37,7 +37,7 @@ mod acceptance_props;
 pub use config::VerifierConfig;
 pub use error::VerifierError;
 pub use greedy::Choice;
-pub use handle::{Session, Verdict, Verifier};
+pub use handle::{BatchShare, Session, Verdict, Verifier};
 pub use sampling::{SamplingParams, SparseDist};
 pub use worker::{REPORTED_SUPPORT_LIMIT, Usage};
 pub use vocab::{ChatMessage, ModelInfo};

@@ -20,7 +20,7 @@ mod verify;
 
 use crate::gather::{Gatherer, Joinable, Next};
 use crate::greedy::{Choice, choose};
-use crate::handle::Verdict;
+use crate::handle::{BatchShare, Verdict};
 use crate::sampling::{SamplingParams, SparseDist, process};
 use crate::speculative::sample;
 use crate::vocab::{ChatMessage, ModelInfo};
@@ -395,7 +395,7 @@ impl Worker<'_> {
         let st = self.state(seq)?;
         st.tokens = tokens.to_vec();
         st.pending = Some(choice.token);
-        Ok(Verdict { accepted: 0, next: choice, choices: vec![choice], features, next_dist })
+        Ok(Verdict { accepted: 0, next: choice, choices: vec![choice], features, next_dist, batch: BatchShare::default() })
     }
 
     /// Evaluates `tokens` from an empty cache with the greedy choice at every position (teacher

@@ -299,7 +299,7 @@ mod tests {
             }
             // The toy's context ends with the pending token.
             self.ctx.push(choices[accepted].token);
-            Ok(Verdict { accepted, next: choices[accepted], choices, features: vec![], next_dist: vec![] })
+            Ok(Verdict { accepted, next: choices[accepted], choices, features: vec![], next_dist: vec![], batch: Default::default() })
         }
         fn room(&self) -> usize {
             10_000 - self.ctx.len()

@@ -17,6 +17,15 @@
 //! a drafter that cannot follow the text costs less than 1% of the time instead of a probe's price
 //! every [`PROBE_EVERY`] rounds.
 //!
+//! Under concurrency the verifier evaluates the blocks of several sessions in one decode call, so a
+//! session's drafts lengthen every session's step, and a step that already carries other sessions'
+//! rows makes plain decoding cheap per token (the 1.5B does 4 sessions' steps in ~2.9 steps' time).
+//! Each verdict says what its call held ([`BatchShare`]); the picker keeps the other sessions' rows
+//! R and the tokens they gained G (averaged over recent rounds) and maximises the whole call's rate,
+//! (G + E(k)) / (c(R + k) + d) against (G + 1) / c(R) for a plain step. Alone, R = G = 0 and this is
+//! the single-session rule above; with three other sessions stepping plainly, a first draft must be
+//! accepted ~3 times in 4 instead of ~1 in 2 to pay.
+//!
 //! A generation also starts from what the previous generation with the same drafter learnt (a
 //! [`PolicyMemory`] the service keeps per drafter): the drafter's cost and whether it had stopped
 //! paying. Without it, every request would pay again for the [`SKIP_AFTER`] calls in which an
@@ -26,6 +35,7 @@
 
 use std::sync::Mutex;
 
+use duet_verifier::BatchShare;
 use serde::{Deserialize, Serialize};
 
 /// Rounds without a sent draft after which a round sends a single draft anyway (a probe).
@@ -95,6 +105,14 @@ impl CostCurve {
         }
     }
 
+    /// c at a fractional draft length (an average load), interpolated between whole lengths.
+    pub fn cost_at(&self, k: f64) -> f64 {
+        let k = k.max(0.0);
+        let lo = k.floor();
+        let (c0, c1) = (self.cost(lo as usize), self.cost(lo as usize + 1));
+        c0 + (c1 - c0) * (k - lo)
+    }
+
     /// Largest draft length measured.
     pub fn max_len(&self) -> usize {
         self.costs.len().saturating_sub(1)
@@ -111,17 +129,38 @@ pub enum DraftPolicy {
     CostAware(CostCurve),
 }
 
+/// What the other sessions put into the verifier's decode calls, per call on average.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OtherLoad {
+    /// Tokens their blocks add to a call.
+    pub rows: f64,
+    /// Tokens a call gives them.
+    pub gained: f64,
+}
+
+impl OtherLoad {
+    /// A session alone on the verifier.
+    pub const ALONE: Self = Self { rows: 0.0, gained: 0.0 };
+}
+
 /// The length maximising E(k) / (c(k) + d) for the conditional acceptance chances `rates` (one per
 /// draft position, k ≤ `rates.len()`) and a drafter cost `drafter_cost` in steps; 0 when nothing
 /// beats a plain step. Ties go to the shorter block.
 pub fn best_length(rates: &[f64], curve: &CostCurve, drafter_cost: f64) -> usize {
-    let (mut best_k, mut best_score) = (0, 1.0 / curve.cost(0));
+    best_shared_length(rates, curve, drafter_cost, OtherLoad::ALONE)
+}
+
+/// [`best_length`] for a session whose block shares decode calls with `others`: the length
+/// maximising the whole call's rate (G + E(k)) / (c(R + k) + d).
+pub fn best_shared_length(rates: &[f64], curve: &CostCurve, drafter_cost: f64, others: OtherLoad) -> usize {
+    let (r, g) = (others.rows.max(0.0), others.gained.max(0.0));
+    let (mut best_k, mut best_score) = (0, (g + 1.0) / curve.cost_at(r));
     let (mut expected, mut run) = (1.0, 1.0);
     for (i, &a) in rates.iter().enumerate() {
         run *= a;
         expected += run;
         let k = i + 1;
-        let score = expected / (curve.cost(k) + drafter_cost);
+        let score = (g + expected) / (curve.cost_at(r + k as f64) + drafter_cost);
         if score > best_score * (1.0 + 1e-9) {
             (best_k, best_score) = (k, score);
         }
@@ -177,7 +216,12 @@ pub(crate) struct LengthPicker {
     probing: bool,
     /// Mean drafter time per call, in steps (exponentially averaged).
     drafter_cost: Option<f64>,
+    /// What the other sessions put into the calls this one's blocks shared (averaged).
+    others: OtherLoad,
 }
+
+/// Per round, how much of the other sessions' averaged load is kept: sessions come and go.
+const LOAD_MEMORY: f64 = 0.5;
 
 impl LengthPicker {
     /// A picker for a new generation, starting from what `memory` holds (the prior when empty).
@@ -192,6 +236,7 @@ impl LengthPicker {
             probe_every: PROBE_EVERY,
             probing: false,
             drafter_cost: learnt.and_then(|l| l.drafter_cost),
+            others: OtherLoad::ALONE,
         }
     }
 
@@ -233,13 +278,25 @@ impl LengthPicker {
         if offered == 0 {
             return 0;
         }
-        let k = best_length(&self.rates(confidences, offered), &self.curve, d);
+        let k = best_shared_length(&self.rates(confidences, offered), &self.curve, d, self.others);
         if k == 0 && self.is_probe_round() {
             self.probing = true;
             1
         } else {
             k
         }
+    }
+
+    /// Learns what the other sessions put into the decode call that served this round, from the
+    /// call's `batch` and this session's own part of it: `sent` drafts, `accepted` of them. A
+    /// verdict without a batch (a verifier that does not report one) counts as alone.
+    pub(crate) fn observe_batch(&mut self, batch: BatchShare, sent: usize, accepted: usize) {
+        let rows = batch.rows.saturating_sub(sent + 1) as f64;
+        let gained = batch.gained.saturating_sub(accepted + 1) as f64;
+        self.others = OtherLoad {
+            rows: LOAD_MEMORY * self.others.rows + (1.0 - LOAD_MEMORY) * rows,
+            gained: LOAD_MEMORY * self.others.gained + (1.0 - LOAD_MEMORY) * gained,
+        };
     }
 
     /// Learns from a round: `sent` drafts with these confidences, `accepted` of them accepted.
@@ -304,6 +361,39 @@ mod tests {
         // Sure of two tokens, then hopeless: more would only cost.
         let c = facts_curve();
         assert_eq!(best_length(&[0.98, 0.98, 0.01, 0.01], &c, 0.0), 2);
+    }
+
+    #[test]
+    fn drafts_must_be_surer_when_other_sessions_share_the_decode() {
+        let c = facts_curve();
+        // Three other sessions stepping plainly: their rows make a plain step cheap per token.
+        let busy = OtherLoad { rows: 3.0, gained: 3.0 };
+        assert_eq!(best_shared_length(&[0.6; 8], &c, 0.0, OtherLoad::ALONE), best_length(&[0.6; 8], &c, 0.0));
+        assert!(best_length(&[0.6; 8], &c, 0.0) > 0, "alone, 60% drafts pay");
+        assert_eq!(best_shared_length(&[0.6; 8], &c, 0.0, busy), 0, "shared, they do not");
+        assert!(best_shared_length(&[0.97; 8], &c, 0.0, busy) > 0, "near-certain drafts still pay");
+        assert!(
+            best_shared_length(&[0.9; 8], &c, 0.0, busy) < best_length(&[0.9; 8], &c, 0.0),
+            "and blocks get shorter"
+        );
+    }
+
+    #[test]
+    fn the_picker_learns_the_other_sessions_load_from_its_verdicts() {
+        let mut alone = LengthPicker::new(facts_curve(), None);
+        let mut shared = alone.clone();
+        for _ in 0..6 {
+            alone.observe_batch(BatchShare { blocks: 1, rows: 1, gained: 1 }, 0, 0);
+            // Four sessions in each call: this one's plain step and three others' plain steps.
+            shared.observe_batch(BatchShare { blocks: 4, rows: 4, gained: 4 }, 0, 0);
+        }
+        assert!((shared.others.rows - 3.0).abs() < 0.1, "{:?}", shared.others);
+        assert_eq!(alone.others, OtherLoad::ALONE);
+        assert!(alone.choose(&[0.6; 8], 8, 0.0) > 0);
+        assert_eq!(shared.choose(&[0.6; 8], 8, 0.0), 0);
+        // A verifier that reports no batch leaves the session alone.
+        shared.observe_batch(BatchShare::default(), 0, 0);
+        assert!(shared.others.rows < 3.0);
     }
 
     #[test]

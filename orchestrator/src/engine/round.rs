@@ -220,7 +220,9 @@ pub fn generate(
             previous = None;
             if let Some(p) = picker.as_mut() {
                 p.observe(&[], 0, 0);
+                p.observe_batch(verdict.batch, 0, 0);
             }
+            stats.batch_blocks += verdict.batch.blocks.max(1);
         } else {
             let verdict = if draft.dists.is_empty() {
                 session.verify(&draft.tokens)?
@@ -229,7 +231,9 @@ pub fn generate(
             };
             if let Some(p) = picker.as_mut() {
                 p.observe(&draft.confidences, draft.tokens.len(), verdict.accepted);
+                p.observe_batch(verdict.batch, draft.tokens.len(), verdict.accepted);
             }
+            stats.batch_blocks += verdict.batch.blocks.max(1);
             features.extend_from_slice(&verdict.features);
             stats.drafted += draft.tokens.len();
             stats.accepted += verdict.accepted;

@@ -38,6 +38,9 @@ pub struct Stats {
     pub accepted_lengths: Vec<usize>,
     /// Drafter failures that fell back to an AR step.
     pub drafter_failures: usize,
+    /// Sessions' blocks in the verifier calls that served the rounds, summed over rounds: equal to
+    /// `rounds` alone, up to `rounds` × sessions when concurrent generations shared every call.
+    pub batch_blocks: usize,
 }
 
 impl Stats {

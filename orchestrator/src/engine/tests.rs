@@ -42,7 +42,7 @@ impl VerifierSession for FakeSession {
         let c = self.choice(&self.ctx);
         self.pending = Some(c.token);
         let features = if self.features { prompt.iter().map(|&t| t as f32).collect() } else { vec![] };
-        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features, next_dist: vec![] })
+        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features, next_dist: vec![], batch: Default::default() })
     }
     fn step(&mut self) -> Result<Verdict, VerifierError> {
         self.verify(&[])
@@ -66,7 +66,7 @@ impl VerifierSession for FakeSession {
         choices.truncate(accepted + 1);
         let next = choices[accepted];
         self.pending = Some(next.token);
-        Ok(Verdict { accepted, next, choices, features, next_dist: vec![] })
+        Ok(Verdict { accepted, next, choices, features, next_dist: vec![], batch: Default::default() })
     }
     fn room(&self) -> usize {
         self.limit - self.ctx.len()

@@ -3,7 +3,7 @@
 //! naming the field.
 
 use duet_proto::v1 as pb;
-use duet_verifier::{Choice, TokenId, Verdict, VerifierError};
+use duet_verifier::{BatchShare, Choice, TokenId, Verdict, VerifierError};
 use tonic::{Code, Status};
 
 use crate::engine::{MAX_BLOCK_SIZE, PreviousBlock, Stats, StopReason};
@@ -77,6 +77,11 @@ pub fn verdict_to_pb(v: Verdict, session_len: usize, feature_dim: usize, first_r
         choices: v.choices.iter().map(choice_to_pb).collect(),
         hidden_states,
         session_len: session_len as u64,
+        batch: (v.batch != BatchShare::default()).then(|| pb::BatchShare {
+            blocks: v.batch.blocks as u32,
+            rows: v.batch.rows as u32,
+            gained: v.batch.gained as u32,
+        }),
     }
 }
 
@@ -92,7 +97,14 @@ pub fn verdict_from_pb(v: pb::Verdict, draft_len: usize) -> Result<(Verdict, usi
         )));
     }
     let features = v.hidden_states.map(|f| f.data).unwrap_or_default();
-    let verdict = Verdict { accepted, next, choices: v.choices.iter().map(choice_from_pb).collect(), features, next_dist: Vec::new() };
+    // Only the policy's pricing reads the batch, never the output: an absent one means alone.
+    let batch = v.batch.map_or_else(BatchShare::default, |b| BatchShare {
+        blocks: b.blocks as usize,
+        rows: b.rows as usize,
+        gained: b.gained as usize,
+    });
+    let choices = v.choices.iter().map(choice_from_pb).collect();
+    let verdict = Verdict { accepted, next, choices, features, next_dist: Vec::new(), batch };
     Ok((verdict, v.session_len as usize))
 }
 
@@ -172,15 +184,19 @@ mod tests {
 
     #[test]
     fn a_verdict_survives_the_wire() {
-        let v = Verdict { accepted: 1, next: choice(7), choices: vec![choice(3), choice(7)], features: vec![1.0, 2.0], next_dist: vec![] };
+        let batch = BatchShare { blocks: 3, rows: 9, gained: 5 };
+        let choices = vec![choice(3), choice(7)];
+        let v = Verdict { accepted: 1, next: choice(7), choices, features: vec![1.0, 2.0], next_dist: vec![], batch };
         let (back, len) = verdict_from_pb(verdict_to_pb(v.clone(), 12, 1, 10), 3).expect("valid verdict");
         assert_eq!(back, v);
         assert_eq!(len, 12);
+        let alone = Verdict { batch: BatchShare::default(), ..v };
+        assert_eq!(verdict_from_pb(verdict_to_pb(alone.clone(), 12, 1, 10), 3).expect("valid verdict").0, alone);
     }
 
     #[test]
     fn a_verdict_accepting_more_than_the_draft_is_refused() {
-        let v = Verdict { accepted: 2, next: choice(7), choices: vec![choice(3), choice(4), choice(7)], features: vec![], next_dist: vec![] };
+        let v = Verdict { accepted: 2, next: choice(7), choices: vec![choice(3), choice(4), choice(7)], features: vec![], next_dist: vec![], batch: Default::default() };
         assert!(verdict_from_pb(verdict_to_pb(v, 5, 0, 0), 1).is_err());
     }
 

@@ -69,7 +69,7 @@ impl VerifierSession for ToySession {
             }
         }
         self.ctx.push(choices[accepted].token);
-        Ok(Verdict { accepted, next: choices[accepted], choices, features: vec![], next_dist: vec![] })
+        Ok(Verdict { accepted, next: choices[accepted], choices, features: vec![], next_dist: vec![], batch: Default::default() })
     }
     fn room(&self) -> usize {
         100_000 - self.ctx.len()

@@ -369,7 +369,7 @@ impl VerifierSession for ToySession {
         self.ctx = prompt.to_vec();
         self.pending = toy_next(&self.ctx);
         let c = Choice { token: self.pending, prob: 1.0, margin: 1.0 };
-        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features: vec![], next_dist: vec![] })
+        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features: vec![], next_dist: vec![], batch: Default::default() })
     }
     fn step(&mut self) -> Result<Verdict, VerifierError> {
         self.verify(&[])
@@ -390,7 +390,7 @@ impl VerifierSession for ToySession {
             }
         }
         self.pending = choices[accepted].token;
-        Ok(Verdict { accepted, next: choices[accepted], choices, features: vec![], next_dist: vec![] })
+        Ok(Verdict { accepted, next: choices[accepted], choices, features: vec![], next_dist: vec![], batch: Default::default() })
     }
     fn room(&self) -> usize {
         1000 - self.ctx.len()

@@ -93,7 +93,7 @@ proptest! {
         choices in prop::collection::vec(choice(), 0..12),
         draft_len in 0usize..10,
     ) {
-        let v = pb::Verdict { accepted, next, choices, hidden_states: None, session_len: 0 };
+        let v = pb::Verdict { accepted, next, choices, hidden_states: None, session_len: 0, batch: None };
         if let Ok((verdict, _)) = verdict_from_pb(v, draft_len) {
             prop_assert!(verdict.accepted <= draft_len);
             prop_assert_eq!(verdict.choices.len(), verdict.accepted + 1);

@@ -193,7 +193,7 @@ impl VerifierSession for ScriptedSession {
         self.prompt_len = prompt.len();
         let c = self.at(0);
         self.pending = Some(c.token);
-        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features: vec![], next_dist: vec![] })
+        Ok(Verdict { accepted: 0, next: c, choices: vec![c], features: vec![], next_dist: vec![], batch: Default::default() })
     }
 
     fn step(&mut self) -> Result<Verdict, VerifierError> {
@@ -219,7 +219,7 @@ impl VerifierSession for ScriptedSession {
         let next = choices[accepted];
         self.len += 1 + accepted;
         self.pending = Some(next.token);
-        Ok(Verdict { accepted, next, choices, features: vec![], next_dist: vec![] })
+        Ok(Verdict { accepted, next, choices, features: vec![], next_dist: vec![], batch: Default::default() })
     }
 
     fn room(&self) -> usize {

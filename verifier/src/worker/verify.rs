@@ -8,7 +8,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::{Command, REPORTED_SUPPORT_LIMIT, Worker};
 use crate::greedy::{Choice, accept_prefix, choose};
-use crate::handle::Verdict;
+use crate::handle::{BatchShare, Verdict};
 use crate::sampling::{SamplingParams, SparseDist, process};
 use crate::speculative::speculate;
 use crate::{TokenId, VerifierError};
@@ -57,8 +57,20 @@ impl Worker<'_> {
         self.usage.verify_blocks += blocks.len() as u64;
         match decoded {
             Ok(outputs) => {
+                let mut verdicts: Vec<(usize, Result<Verdict, VerifierError>)> = Vec::with_capacity(blocks.len());
                 for ((choices, features, row0), &i) in outputs.into_iter().zip(&order) {
-                    let verdict = self.judge(&blocks[i], choices, features, row0);
+                    verdicts.push((i, self.judge(&blocks[i], choices, features, row0)));
+                }
+                // Every session learns what the whole call cost and gave, not only its own part.
+                let batch = BatchShare {
+                    blocks: blocks.len(),
+                    rows: blocks.iter().map(|b| b.tokens.len()).sum(),
+                    gained: verdicts.iter().filter_map(|(_, v)| v.as_ref().ok()).map(|v| v.accepted + 1).sum(),
+                };
+                for (i, mut verdict) in verdicts {
+                    if let Ok(v) = verdict.as_mut() {
+                        v.batch = batch;
+                    }
                     let _ = replies[i].send(verdict);
                 }
             }
@@ -183,7 +195,7 @@ impl Worker<'_> {
         st.pending = Some(next.token);
         let n_embd = self.model.n_embd().max(0) as usize;
         features.truncate((accepted + 1) * n_embd);
-        Ok(Verdict { accepted, next, choices: kept, features, next_dist })
+        Ok(Verdict { accepted, next, choices: kept, features, next_dist, batch: BatchShare::default() })
     }
 }
 
