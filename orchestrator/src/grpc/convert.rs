@@ -77,7 +77,7 @@ pub fn verdict_to_pb(v: Verdict, session_len: usize, feature_dim: usize, first_r
         choices: v.choices.iter().map(choice_to_pb).collect(),
         hidden_states,
         session_len: session_len as u64,
-        batch: (v.batch != BatchShare::default()).then(|| pb::BatchShare {
+        batch: (v.batch != BatchShare::default()).then_some(pb::BatchShare {
             blocks: v.batch.blocks as u32,
             rows: v.batch.rows as u32,
             gained: v.batch.gained as u32,
