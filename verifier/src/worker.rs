@@ -351,15 +351,19 @@ impl Worker<'_> {
                     choices.push(choose(self.ctx.get_logits_ith(i as i32)));
                 }
                 if self.config.features {
-                    let row = self.ctx.embeddings_ith(i as i32).map_err(|_| VerifierError::Backend {
-                        op: "read hidden states",
-                        reason: format!("no hidden state for batch row {i}"),
-                    })?;
-                    features.extend_from_slice(row);
+                    features.extend_from_slice(self.hidden_state(i)?);
                 }
             }
         }
         Ok((choices, features))
+    }
+
+    /// The final hidden state of row `row` of the last decode (with features on).
+    fn hidden_state(&self, row: usize) -> Result<&[f32], VerifierError> {
+        self.ctx.embeddings_ith(row as i32).map_err(|_| VerifierError::Backend {
+            op: "read hidden states",
+            reason: format!("no hidden state for batch row {row}"),
+        })
     }
 
     fn feed(&mut self, seq: i32, tokens: &[TokenId], sampling: &SamplingParams) -> Result<Verdict, VerifierError> {

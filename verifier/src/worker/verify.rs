@@ -108,11 +108,7 @@ impl Worker<'_> {
             for _ in tokens {
                 choices.push(choose(self.ctx.get_logits_ith(row as i32)));
                 if self.config.features {
-                    let r = self.ctx.embeddings_ith(row as i32).map_err(|_| VerifierError::Backend {
-                        op: "read hidden states",
-                        reason: format!("no hidden state for batch row {row}"),
-                    })?;
-                    features.extend_from_slice(r);
+                    features.extend_from_slice(self.hidden_state(row)?);
                 }
                 row += 1;
             }
