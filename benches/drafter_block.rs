@@ -117,11 +117,14 @@ const LINEAR_SHAPES: [(usize, usize); 7] =
 
 fn linear_ab(c: &mut Criterion) {
     let mut group = c.benchmark_group("linear_ab");
+    group.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
     for (inputs, outputs) in LINEAR_SHAPES {
         let w = Tensor::randn(0f32, 0.05, (outputs, inputs), &Device::Cpu).expect("weights");
         let transposed = w.t().and_then(|t| t.contiguous()).expect("transposed");
         let packed = PackedLinear::new(&w, None).expect("pack");
-        for rows in [9usize, 13, 17, 64] {
+        // 9–17 rows: a drafting pass; 64 and 256: long runs of context tokens (a prompt enters in
+        // chunks of 256).
+        for rows in [9usize, 13, 17, 64, 256] {
             let x = Tensor::randn(0f32, 1.0, (rows, inputs), &Device::Cpu).expect("x");
             let shape = format!("{rows}x{inputs}->{outputs}");
             group.bench_function(BenchmarkId::new("candle", &shape), |b| {

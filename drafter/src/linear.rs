@@ -53,9 +53,10 @@ impl PackedLinear {
         let (outputs, inputs) = weight.dims2()?;
         let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
         let panels = outputs.div_ceil(NR);
-        let mut packed = vec![Line([0.0; 16]); panels * inputs * NR / 16];
-        for (p, panel) in packed.chunks_exact_mut(inputs * NR / 16).enumerate() {
-            for (k, lines) in panel.chunks_exact_mut(NR / 16).enumerate() {
+        let panel_lines = (inputs * NR / 16).max(1);
+        let mut packed = vec![Line([0.0; 16]); panels * panel_lines];
+        for (p, panel) in packed.chunks_exact_mut(panel_lines).enumerate() {
+            for (k, lines) in panel.chunks_exact_mut(NR / 16).take(inputs).enumerate() {
                 for (j, value) in lines.iter_mut().flat_map(|l| l.0.iter_mut()).enumerate() {
                     let out = p * NR + j;
                     if out < outputs {
@@ -104,10 +105,10 @@ impl PackedLinear {
         // SAFETY: `Line` is 16 f32 with no padding (size 64 = 16 × 4, align 64).
         let panel = unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), k * NR) };
         let cols = NR.min(self.outputs - p * NR);
+        let mut tile = [[0f32; NR]; MR];
         let mut row = 0;
         while row < rows {
             let block = MR.min(rows - row);
-            let mut tile = [[0f32; NR]; MR];
             let x = &x[row * k..(row + block) * k];
             multiply_block(block, x, k, panel, &mut tile);
             for (r, sums) in tile.iter().take(block).enumerate() {
@@ -239,11 +240,13 @@ impl CustomOp1 for PackedLinear {
         if dims.last().copied() != Some(self.inputs) {
             bail!("{}: input width {:?}, weights take {}", self.name(), dims.last(), self.inputs);
         }
-        let rows = x.len() / self.inputs.max(1);
+        let rows: usize = dims[..dims.len() - 1].iter().product();
         let mut y = vec![0f32; rows * self.outputs];
         if self.inputs > 0 {
             self.multiply(x, rows, &mut y);
-        } else if let Some(b) = &self.bias {
+        } else if let Some(b) = &self.bias
+            && self.outputs > 0
+        {
             y.chunks_exact_mut(self.outputs).for_each(|row| row.copy_from_slice(b));
         }
         let mut out_dims = dims.to_vec();
@@ -339,6 +342,16 @@ mod tests {
             block_avx512::<5>(&x, k, panel, &mut vector);
             assert_eq!(vector, reference);
         }
+    }
+
+    #[test]
+    fn a_layer_without_inputs_gives_its_bias() {
+        let w = Tensor::zeros((3, 0), candle_core::DType::F32, &Device::Cpu).expect("w");
+        let b = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).expect("b");
+        let packed = PackedLinear::new(&w, Some(&b)).expect("pack");
+        let x = Tensor::zeros((2, 0), candle_core::DType::F32, &Device::Cpu).expect("x");
+        let y = packed.forward(&x).expect("forward").to_vec2::<f32>().expect("rows");
+        assert_eq!(y, vec![vec![1.0, 2.0, 3.0]; 2]);
     }
 
     #[test]
