@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 /// Output columns per panel: two AVX-512 registers of f32.
@@ -47,11 +47,11 @@ pub struct PackedLinear {
 }
 
 impl PackedLinear {
-    /// Packs `weight` (out, in) and an optional `bias` (out) of f32, once: the layout the kernel
+    /// Packs `weight` (out, in) and an optional `bias` (out), as f32, once: the layout the kernel
     /// streams.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let (outputs, inputs) = weight.dims2()?;
-        let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+        let w: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let panels = outputs.div_ceil(NR);
         let panel_lines = (inputs * NR / 16).max(1);
         let mut packed = vec![Line([0.0; 16]); panels * panel_lines];
@@ -66,7 +66,7 @@ impl PackedLinear {
             }
         }
         let bias = match bias {
-            Some(b) if b.dims1()? == outputs => Some(Arc::from(b.to_vec1::<f32>()?)),
+            Some(b) if b.dims1()? == outputs => Some(Arc::from(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
             Some(b) => bail!("bias of {} for {outputs} outputs", b.dims1()?),
             None => None,
         };
