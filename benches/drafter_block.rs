@@ -11,6 +11,11 @@
 //! entering the cache on their own, one pass over a block with nothing pending, and a whole draft
 //! call after the context is in place (the pass plus the output layer's post-processing).
 //!
+//! `linear_ab` compares, in one process and at the drafter's shapes (rows × in → out), candle's
+//! matmul against weights stored transposed (how the drafter multiplied before) with the
+//! drafter's own [`PackedLinear`] kernel: the same-process comparison is fair on a busy machine
+//! where call timings from separate runs are not.
+//!
 //! Run: `cargo bench -p duet-drafter --bench drafter_block`. candle multiplies on every physical
 //! core by default; `RAYON_NUM_THREADS=1` measures one core.
 
@@ -19,7 +24,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use duet_drafter::{DiffusionModel, DraftCache, SamplerConfig};
+use duet_drafter::candle_core::{Device, Tensor};
+use duet_drafter::{DiffusionModel, DraftCache, PackedLinear, SamplerConfig};
 
 /// Context tokens cached before the timed calls.
 const CONTEXT: usize = 300;
@@ -104,9 +110,37 @@ fn drafter_parts(c: &mut Criterion) {
     group.finish();
 }
 
+/// Input → output widths of the shipped drafter's products: q, k/v, and o projections, MLP gate/up
+/// and down, the output layer, and the fused q+k+v and gate+up products the drafter runs.
+const LINEAR_SHAPES: [(usize, usize); 7] =
+    [(384, 384), (384, 128), (384, 1024), (1024, 384), (384, 8194), (384, 640), (384, 2048)];
+
+fn linear_ab(c: &mut Criterion) {
+    let mut group = c.benchmark_group("linear_ab");
+    group.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    for (inputs, outputs) in LINEAR_SHAPES {
+        let w = Tensor::randn(0f32, 0.05, (outputs, inputs), &Device::Cpu).expect("weights");
+        let transposed = w.t().and_then(|t| t.contiguous()).expect("transposed");
+        let packed = PackedLinear::new(&w, None).expect("pack");
+        // 9–17 rows: a drafting pass; 64 and 256: long runs of context tokens (a prompt enters in
+        // chunks of 256).
+        for rows in [9usize, 13, 17, 64, 256] {
+            let x = Tensor::randn(0f32, 1.0, (rows, inputs), &Device::Cpu).expect("x");
+            let shape = format!("{rows}x{inputs}->{outputs}");
+            group.bench_function(BenchmarkId::new("candle", &shape), |b| {
+                b.iter(|| black_box(x.matmul(&transposed).expect("matmul")))
+            });
+            group.bench_function(BenchmarkId::new("packed", &shape), |b| {
+                b.iter(|| black_box(packed.forward(&x).expect("packed")))
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = drafter_call, drafter_parts
+    targets = linear_ab, drafter_call, drafter_parts
 }
 criterion_main!(benches);

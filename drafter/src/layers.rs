@@ -9,6 +9,7 @@ use candle_core::{D, Device, Tensor};
 use candle_nn::{Init, Linear, Module, VarBuilder};
 
 use crate::error::Result;
+use crate::linear::PackedLinear;
 
 /// Which kernels a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,31 +100,16 @@ impl Rope {
 
 /// One or more linear layers fused side by side and stored for inference.
 ///
-/// candle keeps a `Linear` weight as `(out, in)`; multiplying by its transpose makes the CPU gemm
-/// repack the whole weight matrix on every call, which costs more than the product itself for the
-/// few rows of a block. Stored transposed, `(in, out)` row-major, the gemm streams the weights as
-/// they are. A wide output layer is further cut into column panels stored one after the other,
-/// `(panels, in, PANEL)`: each panel is then read front to back, instead of every row of the
-/// matrix touching another memory page (measured 1.4x faster for the 8k-wide output layer).
+/// candle keeps a `Linear` weight as `(out, in)` and multiplies by its transpose through a gemm
+/// that repacks the whole weight matrix on every call, costing more than the product itself for
+/// the few rows of a drafting pass. The fused weights are packed once into the layout of the
+/// drafter's own kernel ([`PackedLinear`]), which is also batch-invariant: a row's outputs do not
+/// depend on the other rows of the call. Fusing (q, k, v; gate, up) makes one pass over the input
+/// rows and one hand-off to the threads instead of two or three.
 #[derive(Debug, Clone)]
 pub(crate) struct FastLinear {
-    weights: FastWeights,
-    bias: Option<Tensor>,
-    out: usize,
+    packed: PackedLinear,
 }
-
-#[derive(Debug, Clone)]
-enum FastWeights {
-    /// (in, out)
-    Transposed(Tensor),
-    /// (panels, in, PANEL), zero-padded to a whole number of panels.
-    Panels(Tensor),
-}
-
-/// Output columns per panel of a wide layer.
-const PANEL: usize = 128;
-/// Outputs from which a layer is stored in panels (the output layer; the others fit in cache).
-const PANEL_FROM: usize = 4096;
 
 impl FastLinear {
     /// Fuses `linears` (same input width) into one product whose output is their outputs side by
@@ -131,51 +117,17 @@ impl FastLinear {
     pub(crate) fn fuse(linears: &[&Linear]) -> Result<Self> {
         let weights: Vec<&Tensor> = linears.iter().map(|l| l.weight()).collect();
         let weight = Tensor::cat(&weights, 0)?; // (out, in)
-        let (out, width) = weight.dims2()?;
         let biases: Option<Vec<&Tensor>> = linears.iter().map(|l| l.bias()).collect();
         let bias = match biases {
             Some(b) if !b.is_empty() => Some(Tensor::cat(&b, 0)?),
             _ => None,
         };
-        let weights = if out >= PANEL_FROM {
-            let panels = out.div_ceil(PANEL);
-            let padded = if panels * PANEL > out {
-                let zeros = Tensor::zeros((panels * PANEL - out, width), weight.dtype(), weight.device())?;
-                Tensor::cat(&[&weight, &zeros], 0)?
-            } else {
-                weight
-            };
-            // (panels * PANEL, in) -> (panels, PANEL, in) -> (panels, in, PANEL)
-            FastWeights::Panels(padded.reshape((panels, PANEL, width))?.transpose(1, 2)?.contiguous()?)
-        } else {
-            FastWeights::Transposed(weight.t()?.contiguous()?)
-        };
-        Ok(Self { weights, bias, out })
+        Ok(Self { packed: PackedLinear::new(&weight, bias.as_ref())? })
     }
 
     /// `x` (batch, len, in) → (batch, len, out).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b_sz, seq_len, width) = x.dims3()?;
-        let rows = b_sz * seq_len;
-        let x = x.reshape((rows, width))?;
-        let y = match &self.weights {
-            FastWeights::Transposed(w) => x.matmul(w)?,
-            FastWeights::Panels(w) => {
-                let panels = w.dim(0)?;
-                let y = x.unsqueeze(0)?.broadcast_as((panels, rows, width))?.matmul(w)?; // (panels, rows, PANEL)
-                // The padding columns are cut off by a view, not a copy: the caller reads rows.
-                let y = y.transpose(0, 1)?.reshape((b_sz, seq_len, panels * PANEL))?.narrow(2, 0, self.out)?;
-                return Ok(match &self.bias {
-                    Some(bias) => y.broadcast_add(bias)?,
-                    None => y,
-                });
-            }
-        };
-        let y = match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
-            None => y,
-        };
-        Ok(y.reshape((b_sz, seq_len, self.out))?)
+        Ok(self.packed.forward(x)?)
     }
 }
 
@@ -296,8 +248,8 @@ mod tests {
             Linear::new(w, bias.then(|| Tensor::randn(0f32, 1.0, out, &dev).expect("b")))
         };
         let x = Tensor::randn(0f32, 1.0, (1, 5, 8), &dev).expect("x");
-        // A narrow pair fused side by side, and a wide layer stored in padded panels.
-        for parts in [vec![linear(6, true), linear(3, true)], vec![linear(PANEL_FROM + 3, false)]] {
+        // A narrow pair fused side by side, and a layer wider than one panel of the kernel.
+        for parts in [vec![linear(6, true), linear(3, true)], vec![linear(crate::linear::NR * 3 + 5, false)]] {
             let refs: Vec<&Linear> = parts.iter().collect();
             let fast = FastLinear::fuse(&refs).expect("fuse").forward(&x).expect("fast");
             let plain: Vec<Tensor> = parts.iter().map(|l| l.forward(&x).expect("plain")).collect();

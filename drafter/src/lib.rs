@@ -42,6 +42,7 @@ mod error;
 mod import;
 mod kernels;
 mod layers;
+mod linear;
 mod model;
 mod sampler;
 mod train;
@@ -62,6 +63,7 @@ pub use config::{
 pub use error::{DrafterError, Result, VocabError};
 pub use import::{DREAM_MASK_TOKEN_ID, LLADA_MASK_TOKEN_ID};
 pub use layers::ForwardMode;
+pub use linear::PackedLinear;
 pub use model::DiffusionModel;
 pub use sampler::{DraftBlock, MAX_GUIDANCE, SamplerConfig, Schedule};
 pub use train::TrainBatch;
