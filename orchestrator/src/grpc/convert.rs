@@ -50,6 +50,11 @@ pub fn verifier_from_status(op: &'static str, s: &Status) -> VerifierError {
         Code::ResourceExhausted => VerifierError::Backend { op, reason: format!("resource exhausted: {}", s.message()) },
         // The replica went away (or restarted and lost the session's connection): a 503, not a 500.
         Code::Unavailable | Code::Cancelled => VerifierError::Unavailable(format!("{op}: {}", s.message())),
+        // A status the client's own transport made (an h2 or hyper error underneath, e.g. the
+        // connection torn down while a call was in flight), not one the replica sent: it went away.
+        Code::Internal | Code::Unknown if std::error::Error::source(s).is_some() => {
+            VerifierError::Unavailable(format!("{op}: the connection failed: {}", s.message()))
+        }
         _ => VerifierError::Backend { op, reason: format!("{:?}: {}", s.code(), s.message()) },
     }
 }
@@ -192,6 +197,14 @@ mod tests {
         assert_eq!(len, 12);
         let alone = Verdict { batch: BatchShare::default(), ..v };
         assert_eq!(verdict_from_pb(verdict_to_pb(alone.clone(), 12, 1, 10), 3).expect("valid verdict").0, alone);
+    }
+
+    #[test]
+    fn a_broken_connection_is_unavailable_and_a_replica_error_is_not() {
+        let broken = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert!(matches!(verifier_from_status("remote step", &broken), VerifierError::Unavailable(_)), "{broken:?}");
+        let sent = Status::internal("the replica failed");
+        assert!(matches!(verifier_from_status("remote step", &sent), VerifierError::Backend { .. }));
     }
 
     #[test]
