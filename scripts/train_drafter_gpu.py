@@ -33,6 +33,10 @@ import torch.nn.functional as F
 
 EVAL_WINDOWS, EVAL_CONTEXT, EVAL_BLOCK = 64, 128, 16
 NO_TOKEN = 0xFFFFFFFF
+# Verifier (Qwen2.5) ids of `def`, ` def`, `self`, ` self` and of `fn`, ` fn`, `let`, ` let`, `impl`,
+# ` impl`, `pub`, ` pub`: a file of the stream is Python when the first group outnumbers the second.
+PYTHON_WORDS = (750, 707, 721, 656)
+RUST_WORDS = (8822, 5168, 1149, 1077, 6383, 11605, 9585, 6675)
 
 
 def log(msg):
@@ -46,6 +50,18 @@ def load_stream(data_dir, name):
     else:
         raw = lzma.open(path + ".xz").read()
     return np.frombuffer(raw, dtype="<u2").astype(np.int64)
+
+
+def python_files(stream, draft_to_verifier):
+    """(start, end) of every Python file in a stream (files end with drafter id 0, end-of-text)."""
+    to_draft = {v: d for d, v in enumerate(draft_to_verifier)}
+    py = np.isin(stream, [to_draft[v] for v in PYTHON_WORDS if v in to_draft])
+    rs = np.isin(stream, [to_draft[v] for v in RUST_WORDS if v in to_draft])
+    cum_py, cum_rs = np.concatenate([[0], np.cumsum(py)]), np.concatenate([[0], np.cumsum(rs)])
+    ends = np.nonzero(stream == 0)[0] + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    keep = (cum_py[ends] - cum_py[starts]) > (cum_rs[ends] - cum_rs[starts])
+    return list(zip(starts[keep].tolist(), ends[keep].tolist()))
 
 
 class RmsNorm(nn.Module):
@@ -256,8 +272,13 @@ def evaluate(model, held, mask_id, unk_id, device):
 
 # --- training -----------------------------------------------------------------------------------
 
-def make_batch(train, batch, length, block, mask_id, unk_id, gen, device):
+def make_batch(train, batch, length, block, mask_id, unk_id, gen, device, focus=None, focus_share=0.0):
     starts = torch.randint(0, len(train) - length, (batch,), generator=gen).to(device)
+    if focus is not None and focus_share > 0:
+        # A share of the windows starts inside the focus files (Python: what HumanEval asks for).
+        pick = torch.randint(0, len(focus), (batch,), generator=gen).to(device)
+        take = torch.rand(batch, generator=gen).to(device) < focus_share
+        starts = torch.where(take, focus[pick].clamp_max(len(train) - length - 1), starts)
     clean = train[starts[:, None] + torch.arange(length, device=device)[None, :]]
     blocks = length // block
     # Half the blocks fully masked (a one-step draft), the rest at a random ratio (masked diffusion).
@@ -274,9 +295,13 @@ def make_batch(train, batch, length, block, mask_id, unk_id, gen, device):
     return torch.cat([clean, noisy], 1), clean, weights
 
 
-def duet_state(step, seen, train_s, ev):
-    """train_state.json with the fields `duet train-drafter` resumes from, plus this run's detail."""
-    return {"step": step, "positions": seen, "train_s": train_s, "held_out_loss": ev["loss"],
+def duet_state(step, seen, train_s, ev, before=None):
+    """train_state.json with the fields `duet train-drafter` resumes from, plus this run's detail.
+
+    `before` is the train_state.json of the checkpoint this run started from: counts add up."""
+    before = before or {}
+    return {"step": before.get("step", 0) + step, "positions": before.get("positions", 0) + seen,
+            "train_s": before.get("train_s", 0.0) + train_s, "held_out_loss": ev["loss"],
             "held_out_acc1": ev["acc1"], "held_out": ev}
 
 
@@ -299,23 +324,47 @@ def train(args):
         log(f"[gpu] parity with candle: torch {got} vs candle {ref}: {'OK' if ok else 'MISMATCH'}")
         del pmodel
 
-    config = {
-        "vocab_size": n + 2, "hidden_size": args.hidden, "intermediate_size": args.hidden * 8 // 3 // 64 * 64,
-        "num_hidden_layers": args.layers, "num_attention_heads": args.hidden // 64, "num_key_value_heads": 2,
-        "mask_token_id": mask_id, "unk_token_id": unk_id, "qk_norm": True,
-    }
-    model = Drafter(full_config(config)).to(device)
+    held_python = None
+    py_files = python_files(held, meta["draft_to_verifier"])
+    if py_files:
+        held_python = np.concatenate([held[a:b] for a, b in py_files])
+    focus = None
+    if args.python_share > 0:
+        files = python_files(train_stream, meta["draft_to_verifier"])
+        focus = torch.from_numpy(np.concatenate([np.arange(a, b) for a, b in files])).to(device)
+        log(f"[gpu] {len(files)} Python files, {len(focus)} tokens ({len(focus) / len(train_stream):.1%} of the stream); "
+            f"{args.python_share:.0%} of the windows start in them")
+
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
-    for name, p in model.named_parameters():
-        if p.dim() == 2:
-            nn.init.normal_(p, std=0.02)
+    before = None
+    if args.init:
+        # Keep training a checkpoint (the shipped one, say): same shape, same vocabulary.
+        model, config, init_vocab = load_checkpoint(args.init, device)
+        with open(os.path.join(args.init, "train_state.json")) as f:
+            before = json.load(f)
+        before = {k: before[k] for k in ("step", "positions", "train_s") if k in before}
+        if init_vocab != meta["draft_to_verifier"]:
+            sys.exit(f"--init {args.init}: its vocabulary is not the data's ({args.data})")
+        ev0 = evaluate(model, held, mask_id, unk_id, device)
+        log(f"[gpu] start from {args.init}: held-out {ev0}"
+            + (f", Python {evaluate(model, held_python, mask_id, unk_id, device)}" if held_python is not None else ""))
+    else:
+        config = {
+            "vocab_size": n + 2, "hidden_size": args.hidden, "intermediate_size": args.hidden * 8 // 3 // 64 * 64,
+            "num_hidden_layers": args.layers, "num_attention_heads": args.hidden // 64, "num_key_value_heads": 2,
+            "mask_token_id": mask_id, "unk_token_id": unk_id, "qk_norm": True,
+        }
+        model = Drafter(full_config(config)).to(device)
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=0.02)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     params = sum(p.numel() for p in model.parameters())
-    log(f"[gpu] model: {args.layers} layers x {args.hidden}, {params / 1e6:.1f} M parameters; "
+    log(f"[gpu] model: {config['num_hidden_layers']} layers x {config['hidden_size']}, {params / 1e6:.1f} M parameters; "
         f"{args.minutes:.1f} min, batch {args.batch} x {args.length} tokens")
     train_gpu = torch.from_numpy(train_stream).to(device)
     masks = {b: two_copy_mask(args.length, b, device) for b in args.blocks}
@@ -335,7 +384,8 @@ def train(args):
         for g in opt.param_groups:
             g["lr"] = lr
         block = args.blocks[step % len(args.blocks)]
-        ids, clean, weights = make_batch(train_gpu, args.batch, args.length, block, mask_id, unk_id, gen, device)
+        ids, clean, weights = make_batch(train_gpu, args.batch, args.length, block, mask_id, unk_id, gen, device,
+                                         focus, args.python_share)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(ids, positions, masks[block], args.length)
         ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), clean.reshape(-1), reduction="none")
@@ -355,14 +405,17 @@ def train(args):
                 f"{seen / el / 1e3:.0f}k tok/s, {seen / 1e6:.0f}M tokens, {max(budget - el, 0) / 60:.1f} min left")
         if time.time() - last_save > args.save_every and args.out:
             ev = evaluate(model, held, mask_id, unk_id, device)
-            state = duet_state(step, seen, time.time() - started, ev)
+            state = duet_state(step, seen, time.time() - started, ev, before)
             log(f"[gpu] step {step}: held-out {ev}")
             save_checkpoint(model, config, meta["draft_to_verifier"], args.out, state, np.float16, args.split_mb)
             last_save = time.time()
     ev = evaluate(model, held, mask_id, unk_id, device)
-    state = duet_state(step, seen, time.time() - started, ev)
+    state = duet_state(step, seen, time.time() - started, ev, before)
     state.update(recipe=vars(args), device=torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu")
     log(f"[gpu] done: step {step}, {seen / 1e6:.0f}M tokens, held-out {ev}")
+    if held_python is not None:
+        state["held_out_python"] = evaluate(model, held_python, mask_id, unk_id, device)
+        log(f"[gpu] held-out, Python files only: {state['held_out_python']}")
     if args.out:
         # The saved (f16) weights are what ships: evaluate them as loaded.
         save_checkpoint(model, config, meta["draft_to_verifier"], args.out + ".f16", state, np.float16)
@@ -391,11 +444,16 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", help="a checkpoint folder to keep training (its shape wins over --layers/--hidden)")
+    ap.add_argument("--python-share", type=float, default=0.0,
+                    help="share of training windows that start inside Python files (0: uniform over the stream)")
     ap.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
     ap.add_argument("--split-mb", type=float, help="write model.safetensors in parts of this many MiB")
     ap.add_argument("--parity", help="a candle-written checkpoint folder with expected.json: check the evaluation matches first")
     ap.add_argument("--check", help="only evaluate this checkpoint folder and print the result")
     args = ap.parse_args()
+    if not 0.0 <= args.python_share <= 1.0:
+        sys.exit(f"--python-share must be between 0 and 1, got {args.python_share}")
     if args.hidden % 64 or args.hidden < 128:
         sys.exit(f"--hidden must be a multiple of 64, at least 128, got {args.hidden}")
     if any(args.length % b for b in args.blocks):

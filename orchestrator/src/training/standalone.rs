@@ -10,6 +10,7 @@
 //!   and UNK ids, token counts and the share of UNK;
 //! - `train.u16`, `held_out.u16` — drafter ids; files are separated by the end-of-text id.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,6 +27,10 @@ pub const END_OF_TEXT: u32 = 151_643;
 /// Qwen2.5's end-of-turn id: kept in every drafter vocabulary.
 const END_OF_TURN: u32 = 151_645;
 const META_FILE: &str = "meta.json";
+/// Verifier ids of `def`, ` def`, `self`, ` self`: Python's most common words in the corpus.
+const PYTHON_WORDS: [u32; 4] = [750, 707, 721, 656];
+/// Verifier ids of `fn`, ` fn`, `let`, ` let`, `impl`, ` impl`, `pub`, ` pub`: Rust's.
+const RUST_WORDS: [u32; 8] = [8822, 5168, 1149, 1077, 6383, 11605, 9585, 6675];
 
 /// What a token-stream folder holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +155,27 @@ pub fn export(verifier: &Verifier, dir: &Path, reduced_vocab: usize) -> anyhow::
     Ok(meta)
 }
 
+/// The token ranges of the Python files of a stream: files whose Python words outnumber their Rust
+/// words. The stream keeps no file names, and the corpus holds only these two languages, so the
+/// words tell them apart; `scripts/train_drafter_gpu.py` classifies with the same ids.
+pub fn python_files(stream: &[u16], draft_to_verifier: &[u32]) -> Vec<Range<usize>> {
+    let draft_id = |v: u32| draft_to_verifier.iter().position(|&x| x == v).map(|d| d as u16);
+    let python: Vec<u16> = PYTHON_WORDS.iter().filter_map(|&v| draft_id(v)).collect();
+    let rust: Vec<u16> = RUST_WORDS.iter().filter_map(|&v| draft_id(v)).collect();
+    let Some(end_of_file) = draft_id(END_OF_TEXT) else { return Vec::new() };
+    let (mut files, mut start, mut score) = (Vec::new(), 0, 0i64);
+    for (i, t) in stream.iter().enumerate() {
+        score += i64::from(python.contains(t)) - i64::from(rust.contains(t));
+        if *t == end_of_file {
+            if score > 0 {
+                files.push(start..i + 1);
+            }
+            (start, score) = (i + 1, 0);
+        }
+    }
+    files
+}
+
 /// Loads a complete stream folder.
 pub fn load(dir: &Path) -> anyhow::Result<Streams> {
     let meta: StreamMeta = serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).with_context(|| format!("no token streams in {}", dir.display()))?)
@@ -160,4 +186,19 @@ pub fn load(dir: &Path) -> anyhow::Result<Streams> {
         Ok(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
     };
     Ok(Streams { train: read("train.u16", meta.train_tokens)?, held_out: read("held_out.u16", meta.held_out_tokens)?, meta })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_files_are_told_from_rust_files_by_their_words() {
+        // Drafter ids: 0 end of text, 1 `def`, 2 ` self`, 3 ` fn`, 4 ` let`, 5 something else.
+        let vocab = [END_OF_TEXT, 750, 656, 5168, 1077, 42];
+        let stream = [1, 5, 2, 2, 0, /* rust */ 3, 4, 5, 0, /* mixed, rust wins */ 1, 3, 4, 0, /* python */ 5, 1, 0];
+        assert_eq!(python_files(&stream, &vocab), vec![0..5, 13..16]);
+        // A vocabulary without the end-of-text id has no files to tell apart.
+        assert!(python_files(&stream, &vocab[1..]).is_empty());
+    }
 }

@@ -7,6 +7,7 @@
 //! masked-diffusion objective that multi-step denoising needs). The loss covers the masked
 //! positions, weighted down along the block because acceptance stops at the first miss.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -53,6 +54,35 @@ pub struct StandaloneOptions {
     pub eval_every: usize,
     /// Seed of initialisation and example sampling.
     pub seed: u64,
+    /// Share of examples taken from the stream's Python files (0: uniform over the stream).
+    pub python_share: f64,
+}
+
+/// Example starts drawn uniformly over the tokens of some files of the stream.
+struct Focus {
+    files: Vec<Range<usize>>,
+    /// Tokens in the files before each one.
+    before: Vec<usize>,
+    tokens: usize,
+}
+
+impl Focus {
+    fn new(files: Vec<Range<usize>>) -> Option<Self> {
+        let mut before = Vec::with_capacity(files.len());
+        let mut tokens = 0;
+        for f in &files {
+            before.push(tokens);
+            tokens += f.len();
+        }
+        (tokens > 0).then_some(Self { files, before, tokens })
+    }
+
+    /// A start inside the files, at most `last`.
+    fn start(&self, rng: &mut Rng, last: usize) -> usize {
+        let r = rng.below(self.tokens);
+        let i = self.before.partition_point(|&b| b <= r) - 1;
+        (self.files[i].start + r - self.before[i]).min(last)
+    }
 }
 
 /// The fixed held-out evaluation: one fully masked block after a clean context, at evenly spaced
@@ -152,10 +182,25 @@ pub fn train(opts: &StandaloneOptions) -> anyhow::Result<(TrainState, Evaluation
     let started = Instant::now();
     let (start_step, earlier_s) = (state.step, state.train_s);
     let mut progress = Progress::new(started, start_step, opts.minutes);
+    anyhow::ensure!((0.0..=1.0).contains(&opts.python_share), "`--python-share` must be between 0 and 1, got {}", opts.python_share);
+    let focus = if opts.python_share > 0.0 {
+        let files = standalone::python_files(&streams.train, &streams.meta.draft_to_verifier);
+        let focus = Focus::new(files).context("`--python-share`: the stream holds no Python files")?;
+        eprintln!(
+            "[train] {} Python files, {} tokens ({:.1}% of the stream); {:.0}% of the examples start in them",
+            focus.files.len(),
+            focus.tokens,
+            100.0 * focus.tokens as f64 / streams.train.len() as f64,
+            100.0 * opts.python_share
+        );
+        Some(focus)
+    } else {
+        None
+    };
     let mut last = evaluate(&model, &streams.held_out)?;
     while state.step < opts.max_steps && started.elapsed().as_secs_f64() < opts.minutes * 60.0 {
         opt.set_learning_rate(opts.lr * ((state.step + 1) as f64 / 200.0).min(1.0));
-        let (batch, targets, weights, positions) = sample(&streams, &model, opts, &mut rng, &device)?;
+        let (batch, targets, weights, positions) = sample(&streams, focus.as_ref(), &model, opts, &mut rng, &device)?;
         let logits = model.forward_train(&batch, ForwardMode::Training)?;
         let loss = weighted_cross_entropy(&logits, &targets, &weights)?;
         opt.backward_step(&loss)?;
@@ -182,7 +227,14 @@ fn checkpoint(model: &DiffusionModel, streams: &Streams, dir: &Path, state: &mut
 }
 
 /// One batch: (tokens, targets, weights, positions with loss).
-fn sample(streams: &Streams, model: &DiffusionModel, opts: &StandaloneOptions, rng: &mut Rng, device: &Device) -> anyhow::Result<(TrainBatch, Tensor, Tensor, usize)> {
+fn sample(
+    streams: &Streams,
+    focus: Option<&Focus>,
+    model: &DiffusionModel,
+    opts: &StandaloneOptions,
+    rng: &mut Rng,
+    device: &Device,
+) -> anyhow::Result<(TrainBatch, Tensor, Tensor, usize)> {
     let (b, block) = (opts.batch, opts.block);
     let context = 8 + rng.below(opts.context.saturating_sub(8).max(1));
     let len = context + block;
@@ -190,7 +242,11 @@ fn sample(streams: &Streams, model: &DiffusionModel, opts: &StandaloneOptions, r
     let unk = model.vocab().unk_id();
     let (mut tokens, mut targets, mut weights, mut positions) = (Vec::with_capacity(b * len), Vec::with_capacity(b * block), Vec::with_capacity(b * block), 0);
     for _ in 0..b {
-        let start = rng.below(streams.train.len() - len);
+        let last = streams.train.len() - len - 1;
+        let start = match focus {
+            Some(f) if (rng.below(1_000_000) as f64) < opts.python_share * 1e6 => f.start(rng, last),
+            _ => rng.below(streams.train.len() - len),
+        };
         let window = &streams.train[start..start + len];
         tokens.extend(window[..context].iter().map(|&t| u32::from(t)));
         let ratio = if rng.below(2) == 0 { 1.0 } else { (rng.below(1000) as f32 + 1.0) / 1000.0 };
@@ -265,6 +321,7 @@ mod tests {
             hidden: 128,
             eval_every: 1000,
             seed: 0,
+            python_share: 0.0,
         };
         let (first, early) = train(&opts).expect("train");
         assert_eq!(first.step, 60);
@@ -278,6 +335,21 @@ mod tests {
         let again = evaluate(&model, &streams.held_out).expect("evaluate");
         assert!((again.loss - late.loss).abs() < 1e-3, "{} vs {}", again.loss, late.loss);
         let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn focused_examples_start_inside_the_focus_files_and_never_past_the_last_start() {
+        let focus = Focus::new(vec![10..20, 50..55]).expect("tokens");
+        let mut rng = Rng::new(7);
+        let mut seen = [false; 2];
+        for _ in 0..500 {
+            let s = focus.start(&mut rng, 1000);
+            assert!((10..20).contains(&s) || (50..55).contains(&s), "{s}");
+            seen[usize::from(s >= 50)] = true;
+        }
+        assert_eq!(seen, [true, true], "both files are drawn");
+        assert_eq!(focus.start(&mut rng, 3), 3);
+        assert!(Focus::new(Vec::new()).is_none());
     }
 
     #[test]
