@@ -22,6 +22,7 @@ mod compare;
 mod cost;
 mod hops;
 pub mod load;
+mod lockstep;
 mod metrics;
 mod modes;
 mod plots;
@@ -91,6 +92,12 @@ pub struct BenchArgs {
     /// produce the same output as the first, or the bench fails.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+    /// How the modes of a prompt share the machine at concurrency 1 (in process): `lockstep` runs
+    /// them at once, taking turns round by round, each timed by its own turns, so that they meet
+    /// the same machine speed; `sequential` runs them one after another. Higher levels always run
+    /// the modes one after another.
+    #[arg(long, value_enum, default_value_t = Pairing::Lockstep)]
+    pub pairing: Pairing,
     /// Most tokens per prompt (1 to 65536); a suite line's smaller `max_tokens` still applies
     /// [default: the suite line's, else 128; 32 with --quick].
     #[arg(long)]
@@ -135,6 +142,16 @@ pub enum DraftLength {
     CostAware,
     /// Every proposed draft, up to the block size.
     Fixed,
+}
+
+/// How the modes of one prompt share the machine at concurrency 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pairing {
+    /// At once, taking turns round by round ([`lockstep`]).
+    Lockstep,
+    /// One after another.
+    Sequential,
 }
 
 /// A suite ready to run.
@@ -295,7 +312,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started_utc = report::utc_now();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating --out {}", args.out.display()))?;
     let in_process = !args.server_only;
-    let sessions = *levels.last().unwrap_or(&1) as u32;
+    let mut sessions = *levels.last().unwrap_or(&1) as u32;
+    if args.pairing == Pairing::Lockstep && levels.contains(&1) {
+        // Every mode of a prompt holds a session at once.
+        sessions = sessions.max(modes.len() as u32);
+    }
     let (mut models, skipped) = load_models(&args, &modes, sessions, in_process)?;
     let modes: Vec<BenchMode> = modes.into_iter().filter(|m| !skipped.iter().any(|s| s.mode == *m)).collect();
     for s in &skipped {
@@ -349,7 +370,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             bar.set_message(format!("warm-up {} {}", transport.label(), mode.label()));
             let n = first.max_tokens.min(8);
             match (transport, &client) {
-                (Transport::InProcess, _) => drop(models.generate(mode, first, args.block_size, n)?),
+                (Transport::InProcess, _) => drop(models.generate(mode, first, args.block_size, n, None)?),
                 (Transport::Server, Some(c)) => drop(c.complete(mode, &first.text, n, args.block_size)?),
                 (Transport::Server, None) => {}
             }
@@ -379,9 +400,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 for (g, group) in s.prompts.chunks(conc).enumerate() {
                     let group: Vec<&PreparedPrompt> = group.iter().collect();
                     let mut best: Vec<Option<(Vec<Sample>, f64)>> = vec![None; modes.len()];
+                    let mut keep = |m: usize, got: Vec<Sample>, wall: f64| -> anyhow::Result<()> {
+                        best[m] = Some(match best[m].take() {
+                            None => (got, wall),
+                            Some((kept, kept_wall)) => {
+                                runner::same_outputs(&kept, &got)?;
+                                if wall < kept_wall { (got, wall) } else { (kept, kept_wall) }
+                            }
+                        });
+                        Ok(())
+                    };
+                    let in_lockstep = args.pairing == Pairing::Lockstep && transport == Transport::InProcess && conc == 1;
                     for rep in 0..args.repeats {
+                        let run = if args.repeats > 1 { format!(" run {}/{}", rep + 1, args.repeats) } else { String::new() };
+                        if in_lockstep {
+                            let msg = format!("{} c{conc} {} prompt {}/{} all modes in lockstep{run}", transport.label(), s.name, g + 1, s.prompts.len());
+                            if bar.is_hidden() {
+                                eprintln!("[bench] {msg}");
+                            }
+                            bar.set_message(msg);
+                            let got = lockstep::run(&models, &modes, group[0], args.block_size)?;
+                            bar.inc(modes.len() as u64);
+                            for (m, sample) in got.into_iter().enumerate() {
+                                let wall = sample.e2e_s;
+                                keep(m, vec![sample], wall)?;
+                            }
+                            continue;
+                        }
                         for (m, &mode) in modes.iter().enumerate() {
-                            let run = if args.repeats > 1 { format!(" run {}/{}", rep + 1, args.repeats) } else { String::new() };
                             let msg = format!(
                                 "{} c{conc} {} group {}/{} {}{run}",
                                 transport.label(),
@@ -395,20 +441,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                             }
                             bar.set_message(msg);
                             let (got, wall) = match (transport, &client) {
-                                (Transport::InProcess, _) => runner::run_group(&group, |p| models.sample(mode, p, args.block_size, conc))?,
+                                (Transport::InProcess, _) => runner::run_group(&group, |p| models.sample(mode, p, args.block_size, conc, None))?,
                                 (Transport::Server, Some(c)) => {
                                     runner::run_group(&group, |p| c.sample(mode, p, args.block_size, conc, &count_tokens))?
                                 }
                                 (Transport::Server, None) => continue,
                             };
                             bar.inc(group.len() as u64);
-                            best[m] = Some(match best[m].take() {
-                                None => (got, wall),
-                                Some((kept, kept_wall)) => {
-                                    runner::same_outputs(&kept, &got)?;
-                                    if wall < kept_wall { (got, wall) } else { (kept, kept_wall) }
-                                }
-                            });
+                            keep(m, got, wall)?;
                         }
                     }
                     for (&mode, kept) in modes.iter().zip(best) {
@@ -455,6 +495,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rayon_threads: std::env::var("RAYON_NUM_THREADS").ok(),
             block_size: args.block_size,
             draft_length: args.draft_length,
+            pairing: args.pairing,
             hop_prompts: hop_plan.prompts(),
             quick: args.quick,
             modes: modes.clone(),

@@ -111,6 +111,8 @@ pub struct RunConfig {
     pub block_size: usize,
     /// How hybrid rounds chose their draft length.
     pub draft_length: super::DraftLength,
+    /// How the modes of a prompt shared the machine at concurrency 1.
+    pub pairing: super::Pairing,
     /// Prompts of the first suite in the network-hop measurement (`--hops`; 0: not measured).
     pub hop_prompts: usize,
     /// `--quick`.
@@ -169,7 +171,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "## duet bench — {}", c.verifier);
     let _ = writeln!(
         o,
-        "\n{} ({} cores, {} GiB, {}), {} threads, block {} ({}), {}; load average {} → {}{}\n",
+        "\n{} ({} cores, {} GiB, {}), {} threads, block {} ({}; {}), {}; load average {} → {}{}\n",
         m.cpu,
         m.cores,
         m.memory_gib,
@@ -179,6 +181,10 @@ pub fn markdown(r: &Report) -> String {
         match c.draft_length {
             super::DraftLength::CostAware => "cost-aware draft length",
             super::DraftLength::Fixed => "fixed draft length",
+        },
+        match c.pairing {
+            super::Pairing::Lockstep => "at concurrency 1 the modes run in lockstep, timed by their own turns",
+            super::Pairing::Sequential => "the modes run one after another",
         },
         c.started_utc,
         opt(m.load_average[0], |l| format!("{l:.2}")),

@@ -1,6 +1,7 @@
 //! In-process generations: the models are loaded once, every mode runs on the same verifier, and a
 //! group of prompts runs at once (one thread and one verifier session each) to measure concurrency.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -9,6 +10,7 @@ use anyhow::Context as _;
 use duet_drafter::{DiffusionModel, SamplerConfig};
 use duet_verifier::{TokenId, Verifier};
 
+use super::lockstep::{ChunkedPrefill, Seat};
 use super::modes::{BenchMode, Transport};
 use super::sample::{DeliveryClock, Output, Sample, rate};
 use crate::drafters::{ArModelDrafter, DiffusionDrafter, HintPolicy, NgramDrafter};
@@ -72,35 +74,85 @@ impl Models {
         })
     }
 
-    /// Generates `prompt` in `mode`, timing every delivery of tokens.
-    pub fn generate(&self, mode: BenchMode, prompt: &PreparedPrompt, block_size: usize, max_tokens: usize) -> anyhow::Result<(Generation, super::sample::Deliveries)> {
+    /// Generates `prompt` in `mode`, timing every delivery of tokens. With a `seat`, the generation
+    /// takes turns with others ([`lockstep`](super::lockstep)): it starts on its first turn, ends its
+    /// turn at every delivery, and its clock counts its own turns only.
+    pub fn generate(
+        &self,
+        mode: BenchMode,
+        prompt: &PreparedPrompt,
+        block_size: usize,
+        max_tokens: usize,
+        seat: Option<&Seat<'_>>,
+    ) -> anyhow::Result<(Generation, super::sample::Deliveries)> {
         let info = self.verifier.info();
         let draft_policy = if mode.engine_mode() == crate::engine::Mode::Hybrid { self.draft_policy.clone() } else { DraftPolicy::Fixed };
         let policy_memory = Some(self.policy_memory(mode));
         let params = GenerateParams { max_tokens, mode: mode.engine_mode(), block_size, draft_policy, policy_memory, ..GenerateParams::default() };
         let is_eog = |t: TokenId| info.is_eog(t);
-        let mut clock = DeliveryClock::start();
+        if let Some(seat) = seat {
+            seat.wait();
+        }
+        let clock = RefCell::new(DeliveryClock::start());
+        let take_turn = || {
+            if let Some(seat) = seat {
+                clock.borrow_mut().pause();
+                seat.take_turns();
+                clock.borrow_mut().resume();
+            }
+        };
         let mut drafter = self.drafter(mode)?;
         let mut on_tokens = |_: &[TokenId]| {
-            clock.delivered();
+            clock.borrow_mut().delivered();
+            take_turn();
             true
         };
-        let generation = match (mode, drafter.as_mut()) {
+        let mut prefill_paused_s = 0.0;
+        let mut generation = match (mode, drafter.as_mut()) {
             (BenchMode::Diffusion, Some(d)) => {
                 engine::generate_unverified(d.as_mut(), &prompt.tokens, &params, info.ctx_size, &is_eog, &mut on_tokens)?
             }
             (_, d) => {
                 let mut session = self.verifier.open_session().context("opening a verifier session")?;
-                engine::generate(&mut session, d.map(|d| d.as_mut() as &mut dyn Drafter), &prompt.tokens, &params, &is_eog, &mut on_tokens)?
+                let d = d.map(|d| d.as_mut() as &mut dyn Drafter);
+                if seat.is_some() {
+                    let between = || {
+                        let before = clock.borrow().paused_s();
+                        take_turn();
+                        clock.borrow().paused_s() - before
+                    };
+                    let mut chunked = ChunkedPrefill::new(&mut session, &between);
+                    let g = engine::generate(&mut chunked, d, &prompt.tokens, &params, &is_eog, &mut on_tokens)?;
+                    prefill_paused_s = chunked.paused_s();
+                    g
+                } else {
+                    engine::generate(&mut session, d, &prompt.tokens, &params, &is_eog, &mut on_tokens)?
+                }
             }
         };
-        Ok((generation, clock.finish()))
+        let deliveries = clock.into_inner();
+        if seat.is_some() {
+            // The engine's clocks ran on while the others took their turns.
+            let s = &mut generation.stats;
+            s.wall_s = (s.wall_s - deliveries.paused_s()).max(0.0);
+            s.ttft_s = (s.ttft_s - prefill_paused_s).max(0.0);
+            s.verifier_s = (s.verifier_s - prefill_paused_s).max(0.0);
+            s.tokens_per_s = rate(s.generated_tokens, s.wall_s);
+        }
+        Ok((generation, deliveries.finish()))
     }
 
-    /// Runs one measured generation.
-    pub fn sample(&self, mode: BenchMode, prompt: &PreparedPrompt, block_size: usize, concurrency: usize) -> anyhow::Result<Sample> {
+    /// Runs one measured generation (taking turns when it has a `seat`).
+    pub fn sample(
+        &self,
+        mode: BenchMode,
+        prompt: &PreparedPrompt,
+        block_size: usize,
+        concurrency: usize,
+        seat: Option<&Seat<'_>>,
+    ) -> anyhow::Result<Sample> {
         let (g, d) = self
-            .generate(mode, prompt, block_size, prompt.max_tokens)
+            .generate(mode, prompt, block_size, prompt.max_tokens, seat)
             .with_context(|| format!("{}/{} in mode {}", prompt.suite, prompt.id, mode.label()))?;
         let info = self.verifier.info();
         Ok(Sample {

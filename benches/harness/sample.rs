@@ -1,7 +1,7 @@
 //! One measured generation, and the clock that times token deliveries the way a streaming client
 //! sees them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use duet_verifier::TokenId;
 use serde::Serialize;
@@ -60,12 +60,17 @@ pub struct Sample {
     pub output: Output,
 }
 
-/// Times deliveries of tokens to the caller.
+/// Times deliveries of tokens to the caller. A generation that takes turns with others (the
+/// lockstep pairing) pauses the clock while it waits, so every time it reports is its own.
 #[derive(Debug)]
 pub struct DeliveryClock {
     start: Instant,
+    /// Time spent paused so far.
+    paused: Duration,
+    /// When the current pause began.
+    paused_at: Option<Instant>,
     first: Option<f64>,
-    last: Option<Instant>,
+    last: Option<f64>,
     gaps: Vec<f64>,
 }
 
@@ -85,22 +90,44 @@ pub struct Deliveries {
 impl DeliveryClock {
     /// Starts timing now (the moment the request is made).
     pub fn start() -> Self {
-        Self { start: Instant::now(), first: None, last: None, gaps: Vec::new() }
+        Self { start: Instant::now(), paused: Duration::ZERO, paused_at: None, first: None, last: None, gaps: Vec::new() }
+    }
+
+    /// Seconds since the start, less the pauses.
+    fn own_s(&self) -> f64 {
+        (self.start.elapsed().as_secs_f64() - self.paused_s()).max(0.0)
     }
 
     /// Records that tokens arrived now.
     pub fn delivered(&mut self) {
-        let now = Instant::now();
+        let now = self.own_s();
         match self.last {
-            None => self.first = Some((now - self.start).as_secs_f64()),
-            Some(last) => self.gaps.push((now - last).as_secs_f64()),
+            None => self.first = Some(now),
+            Some(last) => self.gaps.push(now - last),
         }
         self.last = Some(now);
     }
 
+    /// Stops counting time until [`resume`](Self::resume).
+    pub fn pause(&mut self) {
+        self.paused_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Counts time again after a [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        if let Some(t) = self.paused_at.take() {
+            self.paused += t.elapsed();
+        }
+    }
+
+    /// Seconds paused so far.
+    pub fn paused_s(&self) -> f64 {
+        (self.paused + self.paused_at.map_or(Duration::ZERO, |t| t.elapsed())).as_secs_f64()
+    }
+
     /// Stops the clock.
     pub fn finish(self) -> Deliveries {
-        let e2e_s = self.start.elapsed().as_secs_f64();
+        let e2e_s = self.own_s();
         Deliveries { ttft_s: self.first.unwrap_or(e2e_s), e2e_s, count: self.gaps.len() + usize::from(self.first.is_some()), gaps_s: self.gaps }
     }
 }
@@ -108,4 +135,26 @@ impl DeliveryClock {
 /// Tokens per second, 0 for an empty or instantaneous generation.
 pub fn rate(tokens: usize, seconds: f64) -> f64 {
     if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paused_clock_leaves_the_pause_out_of_every_time() {
+        let mut clock = DeliveryClock::start();
+        std::thread::sleep(Duration::from_millis(5));
+        clock.delivered();
+        clock.pause();
+        std::thread::sleep(Duration::from_millis(300));
+        clock.resume();
+        std::thread::sleep(Duration::from_millis(5));
+        clock.delivered();
+        let d = clock.finish();
+        assert_eq!(d.count, 2);
+        assert!(d.ttft_s >= 0.005 && d.ttft_s < 0.2, "ttft {}", d.ttft_s);
+        assert!(d.gaps_s[0] >= 0.005 && d.gaps_s[0] < 0.2, "gap {}", d.gaps_s[0]);
+        assert!(d.e2e_s >= 0.01 && d.e2e_s < 0.25, "e2e {}", d.e2e_s);
+    }
 }

@@ -9,8 +9,38 @@
 //! session already in the group, a block that would overflow the batch) ends the group and is served
 //! next, so every session's commands still run in the order it sent them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
+
+/// The gather window, shared between the verifier thread and its handles so that a caller can
+/// change it while the model stays loaded (the bench's lockstep runs, whose sessions never send at
+/// the same time, set it to zero: waiting for them would only add to every step).
+#[derive(Debug, Clone)]
+pub(crate) struct GatherWindow(Arc<AtomicU64>);
+
+impl GatherWindow {
+    pub fn new(window: Duration) -> Self {
+        let w = Self(Arc::new(AtomicU64::new(0)));
+        w.set(window);
+        w
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, window: Duration) {
+        self.0.store(u64::try_from(window.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl From<Duration> for GatherWindow {
+    fn from(window: Duration) -> Self {
+        Self::new(window)
+    }
+}
 
 /// What the gatherer needs to know of a command.
 pub(crate) trait Joinable {
@@ -25,7 +55,7 @@ pub(crate) struct Gatherer<C> {
     /// A command taken from the channel that could not join the last group.
     held: Option<C>,
     /// How long to wait for other open sessions' commands.
-    window: Duration,
+    window: GatherWindow,
 }
 
 /// What to serve next.
@@ -37,8 +67,8 @@ pub(crate) enum Next<C> {
 }
 
 impl<C: Joinable> Gatherer<C> {
-    pub fn new(rx: Receiver<C>, window: Duration) -> Self {
-        Self { rx, held: None, window }
+    pub fn new(rx: Receiver<C>, window: impl Into<GatherWindow>) -> Self {
+        Self { rx, held: None, window: window.into() }
     }
 
     /// The next thing to serve, or `None` once every sender is gone. `open` is the number of open
@@ -52,7 +82,7 @@ impl<C: Joinable> Gatherer<C> {
         let mut seqs = vec![seq];
         let mut used = tokens;
         let mut group = vec![first];
-        let deadline = Instant::now() + self.window;
+        let deadline = Instant::now() + self.window.get();
         while seqs.len() < open && used < budget {
             let now = Instant::now();
             let next = if now < deadline {
@@ -177,6 +207,20 @@ mod tests {
         let mut g = Gatherer::new(rx, Duration::from_secs(30));
         assert_eq!(group(g.next(2, 512)), vec![Cmd::Verify(0, 1), Cmd::Verify(1, 1)]);
         sender.join().unwrap();
+    }
+
+    #[test]
+    fn a_window_changed_through_a_shared_handle_applies_to_the_next_block() {
+        let (tx, rx) = channel();
+        let window = GatherWindow::new(Duration::from_secs(60));
+        let mut g = Gatherer::new(rx, window.clone());
+        window.set(Duration::ZERO);
+        tx.send(Cmd::Verify(0, 1)).unwrap();
+        let t = Instant::now();
+        // Two sessions open but only one sends: the old minute would show, zero serves at once.
+        assert_eq!(group(g.next(2, 512)), vec![Cmd::Verify(0, 1)]);
+        assert!(t.elapsed() < Duration::from_secs(30));
+        assert_eq!(window.get(), Duration::ZERO);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
+use std::time::Duration;
 
+use crate::gather::GatherWindow;
 use crate::greedy::Choice;
 use crate::sampling::{SamplingParams, SparseDist};
 use crate::vocab::{ChatMessage, ModelInfo};
@@ -20,6 +22,7 @@ const QUEUE_DEPTH: usize = 64;
 pub struct Verifier {
     tx: SyncSender<Command>,
     info: Arc<ModelInfo>,
+    window: GatherWindow,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -72,12 +75,25 @@ impl Verifier {
     pub fn load(config: VerifierConfig) -> Result<Self, VerifierError> {
         let (tx, rx) = sync_channel(QUEUE_DEPTH);
         let (ready_tx, ready_rx) = sync_channel(1);
+        let window = GatherWindow::new(config.gather_window);
+        let worker_window = window.clone();
         std::thread::Builder::new()
             .name("duet-verifier".into())
-            .spawn(move || worker::run(config, rx, ready_tx))
+            .spawn(move || worker::run(config, worker_window, rx, ready_tx))
             .map_err(|e| VerifierError::Backend { op: "spawn thread", reason: e.to_string() })?;
         let info = ready_rx.recv().map_err(|_| VerifierError::WorkerGone)??;
-        Ok(Self { tx, info: Arc::new(info) })
+        Ok(Self { tx, info: Arc::new(info), window })
+    }
+
+    /// Changes how long the verifier thread waits for other open sessions' blocks after taking one
+    /// ([`VerifierConfig::gather_window`]); applies from the next block on, for every handle.
+    pub fn set_gather_window(&self, window: Duration) {
+        self.window.set(window);
+    }
+
+    /// The current gather window.
+    pub fn gather_window(&self) -> Duration {
+        self.window.get()
     }
 
     /// Facts about the loaded model.

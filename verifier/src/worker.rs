@@ -18,7 +18,7 @@ use llama_cpp_2::token::LlamaToken;
 
 mod verify;
 
-use crate::gather::{Gatherer, Joinable, Next};
+use crate::gather::{GatherWindow, Gatherer, Joinable, Next};
 use crate::greedy::{Choice, choose};
 use crate::handle::{BatchShare, Verdict};
 use crate::sampling::{SamplingParams, SparseDist, process};
@@ -86,7 +86,7 @@ fn backend() -> Result<&'static LlamaBackend, VerifierError> {
 }
 
 /// Thread body: load, report readiness, then serve until every handle is dropped.
-pub(crate) fn run(config: VerifierConfig, rx: Receiver<Command>, ready: SyncSender<Result<ModelInfo, VerifierError>>) {
+pub(crate) fn run(config: VerifierConfig, window: GatherWindow, rx: Receiver<Command>, ready: SyncSender<Result<ModelInfo, VerifierError>>) {
     let started = Instant::now();
     let loaded = (|| {
         let backend = backend()?;
@@ -114,7 +114,7 @@ pub(crate) fn run(config: VerifierConfig, rx: Receiver<Command>, ready: SyncSend
     if ready.send(Ok(info)).is_err() {
         return;
     }
-    let mut gatherer = Gatherer::new(rx, config.gather_window);
+    let mut gatherer = Gatherer::new(rx, window);
     let budget = config.batch_size as usize;
     let mut worker = Worker { model: &model, ctx, config, sessions: HashMap::new(), usage: Usage::default() };
     while let Some(next) = gatherer.next(worker.sessions.len(), budget) {
