@@ -25,6 +25,7 @@ pub mod load;
 mod lockstep;
 mod metrics;
 mod modes;
+mod noise;
 mod plots;
 mod report;
 mod runner;
@@ -510,6 +511,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         machine,
         skipped,
         summaries,
+        prefill_spread: noise::prefill_spread(&samples),
         cost_curve,
         mismatches,
         hops: hop_rows,

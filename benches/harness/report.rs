@@ -142,6 +142,9 @@ pub struct Report {
     pub summaries: Vec<Summary>,
     /// The verifier cost curve c(k).
     pub cost_curve: Vec<CostPoint>,
+    /// How far apart identical prompt evaluations were between the modes of a prompt: the run's
+    /// own noise floor.
+    pub prefill_spread: Option<super::noise::PrefillSpread>,
     /// Greedy outputs that differ from `ar`'s; any fails the run.
     pub mismatches: Vec<Mismatch>,
     /// What the network hops cost: per mode, one row in process and one split over loopback gRPC
@@ -243,6 +246,17 @@ pub fn markdown(r: &Report) -> String {
         let points: Vec<String> = r.cost_curve.iter().map(|p| format!("c({})={:.2}", p.k, p.c)).collect();
         let step = r.cost_curve.iter().find(|p| p.k == 0).map_or(0.0, |p| p.median_s);
         let _ = writeln!(o, "\nVerifier cost curve (time of verifying k drafts / one step of {} ms): {}", ms(step), points.join(", "));
+    }
+    if let Some(n) = &r.prefill_spread {
+        let _ = writeln!(
+            o,
+            "\nNoise floor: the prompt's evaluation is the same work in every verified mode; alone, its time differed between \
+             the modes of a prompt by {:.1}% in the median and at most {:.1}% ({}; {} prompts).",
+            n.median * 100.0,
+            n.worst * 100.0,
+            n.worst_prompt,
+            n.prompts
+        );
     }
     if !r.hops.is_empty() {
         let suite = c.suites.first().map_or("", |s| s.name.as_str());

@@ -74,6 +74,10 @@ fn quick_bench_runs_every_mode_and_writes_json_table_and_plots() {
     let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).expect("json");
     assert_eq!(json["mismatches"].as_array().expect("mismatches").len(), 0);
     assert_eq!(json["config"]["draft_length"], "fixed");
+    // Concurrency 1 ran every mode of a prompt in lockstep; its noise floor covers all 4 prompts.
+    assert_eq!(json["config"]["pairing"], "lockstep");
+    assert_eq!(json["prefill_spread"]["prompts"], 4, "{}", json["prefill_spread"]);
+    assert!(stdout.contains("Noise floor:"), "{stdout}");
     assert_eq!(json["skipped"].as_array().expect("skipped").len(), 0, "{}", json["skipped"]);
     let modes = ["ar", "hybrid-diffusion", "hybrid-ngram", "hybrid-ar-model", "diffusion"];
     let samples = json["samples"].as_array().expect("samples");
