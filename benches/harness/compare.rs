@@ -162,25 +162,7 @@ mod tests {
     use super::*;
 
     fn sample(prompt: &str, mode: BenchMode, concurrency: usize, tokens: &[u32]) -> Sample {
-        Sample {
-            suite: "s".into(),
-            prompt: prompt.into(),
-            mode,
-            transport: Transport::InProcess,
-            concurrency,
-            generated_tokens: tokens.len(),
-            stop: "max_tokens".into(),
-            ttft_s: 0.1,
-            e2e_s: 1.0,
-            tokens_per_s: tokens.len() as f64,
-            deliveries: 1,
-            itl_s: vec![],
-            stats: None,
-            accepted_prediction_tokens: None,
-            rejected_prediction_tokens: None,
-            text: String::new(),
-            output: Output::Tokens(tokens.to_vec()),
-        }
+        super::super::sample::test_sample(prompt, mode, concurrency, tokens, 0.1, 1.0)
     }
 
     #[test]

@@ -50,29 +50,13 @@ pub fn prefill_spread(samples: &[Sample]) -> Option<PrefillSpread> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::bench::modes::{BenchMode, Transport};
-    use crate::bench::sample::Output;
+    use crate::bench::modes::BenchMode;
+    use crate::bench::sample::test_sample;
 
     fn sample(prompt: &str, mode: BenchMode, concurrency: usize, ttft_s: f64) -> Sample {
-        Sample {
-            suite: "s".into(),
-            prompt: prompt.into(),
-            mode,
-            transport: Transport::InProcess,
-            concurrency,
-            generated_tokens: 1,
-            stop: "max_tokens".into(),
-            ttft_s,
-            e2e_s: ttft_s,
-            tokens_per_s: 0.0,
-            deliveries: 1,
-            itl_s: Vec::new(),
-            stats: None,
-            accepted_prediction_tokens: None,
-            rejected_prediction_tokens: None,
-            text: String::new(),
-            output: Output::Tokens(Vec::new()),
-        }
+        let mut s = test_sample(prompt, mode, concurrency, &[0], ttft_s, ttft_s);
+        s.tokens_per_s = 0.0;
+        s
     }
 
     #[test]

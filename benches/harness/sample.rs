@@ -137,6 +137,30 @@ pub fn rate(tokens: usize, seconds: f64) -> f64 {
     if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 }
 }
 
+/// A sample with the given identity, output and times, everything else empty: for tests.
+#[cfg(test)]
+pub fn test_sample(prompt: &str, mode: BenchMode, concurrency: usize, tokens: &[TokenId], ttft_s: f64, e2e_s: f64) -> Sample {
+    Sample {
+        suite: "s".into(),
+        prompt: prompt.into(),
+        mode,
+        transport: Transport::InProcess,
+        concurrency,
+        generated_tokens: tokens.len(),
+        stop: "max_tokens".into(),
+        ttft_s,
+        e2e_s,
+        tokens_per_s: tokens.len() as f64,
+        deliveries: 1,
+        itl_s: Vec::new(),
+        stats: None,
+        accepted_prediction_tokens: None,
+        rejected_prediction_tokens: None,
+        text: String::new(),
+        output: Output::Tokens(tokens.to_vec()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
