@@ -9,10 +9,10 @@ use duet_verifier::TokenId;
 
 const MAX_TOKENS: usize = 48;
 
-fn run(prompt: &[TokenId], mode: Mode, drafter: Option<&mut dyn Drafter>, block_size: usize) -> Generation {
+fn run(prompt: &[TokenId], mode: Mode, drafter: Option<&mut dyn Drafter>, block_size: usize, max_tokens: usize) -> Generation {
     let v = small_verifier();
     let mut session = v.open_session().expect("session");
-    let params = GenerateParams { max_tokens: MAX_TOKENS, mode, block_size, ..GenerateParams::default() };
+    let params = GenerateParams { max_tokens, mode, block_size, ..GenerateParams::default() };
     engine::generate(&mut session, drafter, prompt, &params, &|t| v.info().is_eog(t), &mut |_| true).expect("generate")
 }
 
@@ -35,12 +35,12 @@ impl Drafter for Replay {
     }
 }
 
-/// Per emitted token, the first position where the margins of `ar` and a replayed hybrid run differ
-/// in any bit, with the context length there.
-fn first_bit_difference(prompt: &[TokenId]) -> Option<(usize, usize, f32, f32)> {
-    let ar = run(prompt, Mode::Ar, None, 1);
+/// Per emitted token, the first position where the margins of `ar` and a hybrid run replaying its
+/// output in blocks of `block` drafts differ in any bit, with the context length there.
+fn first_bit_difference(prompt: &[TokenId], block: usize, max_tokens: usize) -> Option<(usize, usize, f32, f32)> {
+    let ar = run(prompt, Mode::Ar, None, 1, max_tokens);
     let mut replay = Replay { prompt_len: prompt.len(), reference: ar.tokens.clone() };
-    let hybrid = run(prompt, Mode::Hybrid, Some(&mut replay), 4);
+    let hybrid = run(prompt, Mode::Hybrid, Some(&mut replay), block, max_tokens);
     assert_eq!(hybrid.tokens, ar.tokens, "greedy output differs");
     assert!(hybrid.stats.accepted > hybrid.stats.drafted / 2, "the replay was not accepted");
     ar.choices
@@ -57,25 +57,57 @@ fn tokens_verified_in_blocks_have_the_logits_of_plain_steps_bit_for_bit() {
     for p in prompts.iter().take(4) {
         let prompt = prompt_tokens(small_verifier(), p);
         assert!(prompt.len() + MAX_TOKENS < 256, "{}: keep below 256 cached tokens", p.id);
-        if let Some((i, ctx, a, h)) = first_bit_difference(&prompt) {
+        if let Some((i, ctx, a, h)) = first_bit_difference(&prompt, 4, MAX_TOKENS) {
             panic!("{}: token {i} (context {ctx}): margin {a} alone, {h} in a block", p.id);
         }
     }
 }
 
-/// Past 256 cached tokens llama.cpp's CPU flash attention takes a split-KV path for one-row calls
-/// only (see README, "The lossless guarantee"). Fails today (2026-11-29: prompt of 326 tokens, every
-/// margin from token 1 on differs; the greedy tokens still agreed); it passes once the gap is fixed.
-/// Run alone (`--ignored --test-threads=1`): the other test's sessions would share its decode calls.
+/// Past 256 cached tokens an all-F16 KV cache makes llama.cpp's CPU flash attention split one-row
+/// calls (plain steps) across threads, and only those (see README, "The lossless guarantee"). With
+/// it this failed (2026-11-29: prompt of 326 tokens, every margin from token 1 on differed, the
+/// greedy tokens still agreed); the default Q8_0-key cache takes the per-row kernel at every length.
 #[test]
-#[ignore = "known gap past 256 cached tokens: fails until the split-KV attention path is made batch-invariant"]
 fn past_256_cached_tokens() {
     let base = &load_prompts("lossless_prompts.jsonl")[9];
     let long = TestPrompt { id: "long".into(), prompt: [base.prompt.as_str(); 3].join("\n\n"), chat: base.chat };
     let prompt = prompt_tokens(small_verifier(), &long);
     assert!(prompt.len() > 256, "prompt has {} tokens", prompt.len());
-    match first_bit_difference(&prompt) {
-        Some((i, ctx, a, h)) => panic!("prompt {} tokens; token {i} (context {ctx}): margin {a} alone, {h} in a block", prompt.len()),
-        None => eprintln!("prompt {} tokens: every margin identical", prompt.len()),
+    if let Some((i, ctx, a, h)) = first_bit_difference(&prompt, 4, MAX_TOKENS) {
+        panic!("prompt {} tokens; token {i} (context {ctx}): margin {a} alone, {h} in a block", prompt.len());
+    }
+}
+
+/// A block of 64 rows or more is where an all-F16 cache would switch to a tiled attention kernel.
+#[test]
+fn a_block_of_64_drafts_has_the_logits_of_plain_steps() {
+    let p = &load_prompts("lossless_prompts.jsonl")[0];
+    let prompt = prompt_tokens(small_verifier(), p);
+    assert!(prompt.len() + 80 < 256, "{}: keep below 256 cached tokens", p.id);
+    if let Some((i, ctx, a, h)) = first_bit_difference(&prompt, 64, 80) {
+        panic!("{}: token {i} (context {ctx}): margin {a} alone, {h} in a block of 64", p.id);
+    }
+}
+
+/// Decode calls shared with other sessions (concurrent requests) hold one row per stream; with an
+/// all-F16 cache past 256 tokens a lone step split its KV range and a shared one did not, so a request
+/// could decode differently beside others than alone. The default cache computes both alike.
+#[test]
+fn a_session_past_256_tokens_decodes_beside_another_as_it_does_alone() {
+    let prompts = load_prompts("lossless_prompts.jsonl");
+    let long = |p: &TestPrompt| TestPrompt { id: p.id.clone(), prompt: [p.prompt.as_str(); 3].join("\n\n"), chat: p.chat };
+    let (a, b) = (prompt_tokens(small_verifier(), &long(&prompts[9])), prompt_tokens(small_verifier(), &long(&prompts[1])));
+    assert!(a.len() > 256, "prompt has {} tokens", a.len());
+    let alone = run(&a, Mode::Ar, None, 1, MAX_TOKENS);
+    let (beside, _) = std::thread::scope(|s| {
+        let other = s.spawn(|| run(&b, Mode::Ar, None, 1, MAX_TOKENS + 16));
+        let mine = run(&a, Mode::Ar, None, 1, MAX_TOKENS);
+        (mine, other.join().expect("other session"))
+    });
+    assert!(beside.stats.batch_blocks > beside.stats.rounds, "the sessions never shared a decode call");
+    assert_eq!(beside.tokens, alone.tokens, "greedy output differs beside another session");
+    let diff = alone.choices.iter().zip(&beside.choices).position(|(x, y)| x.margin.to_bits() != y.margin.to_bits());
+    if let Some(i) = diff {
+        panic!("token {i} (context {}): margin {} alone, {} beside another session", a.len() + i, alone.choices[i].margin, beside.choices[i].margin);
     }
 }

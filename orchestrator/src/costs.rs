@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use duet_verifier::{TokenId, Verifier};
+use duet_verifier::{KvCacheKind, TokenId, Verifier};
 
 use crate::engine::CostCurve;
 
@@ -65,11 +65,13 @@ pub fn serve_max_len(block_size: usize, ctx_size: usize) -> usize {
     block_size.min(crate::engine::MAX_BLOCK_SIZE).min(ctx_size / 4).max(1)
 }
 
-/// The cache key of a verifier setting.
-pub fn cache_key(model: &Path, threads: u32, prompt_len: usize) -> String {
+/// The cache key of a verifier setting. The KV cache type is part of it because attention over a
+/// quantized cache costs differently.
+pub fn cache_key(model: &Path, kv_cache: Option<KvCacheKind>, threads: u32, prompt_len: usize) -> String {
     let name = model.file_name().map_or_else(|| model.display().to_string(), |n| n.to_string_lossy().into_owned());
     let size = std::fs::metadata(model).map_or(0, |m| m.len());
-    format!("{name}:{size}:threads={threads}:ctx={}", context_bucket(prompt_len))
+    let kv = kv_cache.map(|k| format!(":kv={k}")).unwrap_or_default();
+    format!("{name}:{size}{kv}:threads={threads}:ctx={}", context_bucket(prompt_len))
 }
 
 /// A cost curve covering drafts of up to `max_len` tokens for `prompt` on `verifier`: from the cache
@@ -85,7 +87,8 @@ pub fn cost_curve(
     cache: Option<&Path>,
     remeasure: bool,
 ) -> anyhow::Result<(CostCurve, bool)> {
-    let key = cache_key(&verifier.info().path, threads, prompt.len());
+    let info = verifier.info();
+    let key = cache_key(&info.path, info.kv_cache, threads, prompt.len());
     let mut entries = cache.map(read_cache).unwrap_or_default();
     if let Some(curve) = entries.get(&key)
         && curve.max_len() >= max_len
@@ -147,6 +150,16 @@ mod tests {
         assert_eq!(context_bucket(10), 256);
         assert_eq!(context_bucket(256), 256);
         assert_eq!(context_bucket(257), 512);
+    }
+
+    #[test]
+    fn curves_of_different_kv_cache_types_are_cached_apart() {
+        let m = Path::new("no-such-model.gguf");
+        let f16 = cache_key(m, Some(KvCacheKind::F16), 2, 300);
+        let q8 = cache_key(m, Some(KvCacheKind::Q8_0), 2, 300);
+        assert_ne!(f16, q8);
+        assert_eq!(q8, "no-such-model.gguf:0:kv=q8_0:threads=2:ctx=512");
+        assert_eq!(cache_key(m, None, 2, 300), "no-such-model.gguf:0:threads=2:ctx=512");
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! and, from 8 rows on, the tiled K-quant kernels. Repacking is switched off at build time
 //! (`GGML_CPU_REPACK=OFF` in `.cargo/config.toml`); the tiled kernels are read from the environment once,
 //! at the first matrix multiplication, so [`apply`] must run before any model is loaded.
+//!
+//! Two more are in flash attention, and only with keys and values of the same F16/F32 type: a one-row
+//! call over more than 256 cached tokens splits the KV range across threads, and a call of 64 rows or
+//! more is tiled. The verifier's default KV cache, Q8_0 keys with F16 values ([`crate::KvCacheKind`]),
+//! takes neither.
 
 use std::sync::Once;
 

@@ -34,7 +34,7 @@ mod worker;
 #[cfg(test)]
 mod acceptance_props;
 
-pub use config::VerifierConfig;
+pub use config::{KvCacheKind, VerifierConfig};
 pub use error::VerifierError;
 pub use greedy::Choice;
 pub use handle::{BatchShare, Session, Verdict, Verifier};

@@ -29,6 +29,8 @@ pub struct ModelInfo {
     pub n_embd: u32,
     /// Per-session context length.
     pub ctx_size: usize,
+    /// Element type of the KV cache (None where it is not known, as behind gRPC).
+    pub kv_cache: Option<crate::KvCacheKind>,
     /// Tokens that end a generation (end of turn, end of text).
     pub eog: Vec<TokenId>,
     /// Text bytes of every token as it appears in generated text (control tokens render empty).
@@ -102,6 +104,7 @@ mod tests {
             n_layer: 1,
             n_embd: 1,
             ctx_size: 16,
+            kv_cache: None,
             eog: vec![],
             pieces: pieces.iter().map(|p| p.as_bytes().to_vec()).collect(),
             chat_template: Some(format!("{{{{ '{QWEN_DEFAULT_SYSTEM}' }}}}")),

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -23,6 +23,7 @@ use crate::greedy::{Choice, choose};
 use crate::handle::{BatchShare, Verdict};
 use crate::sampling::{SamplingParams, SparseDist, process};
 use crate::speculative::sample;
+use crate::config::KvCacheKind;
 use crate::vocab::{ChatMessage, ModelInfo};
 use crate::{TokenId, VerifierConfig, VerifierError, batch_invariance};
 
@@ -168,11 +169,24 @@ fn new_context<'m>(
         .with_n_threads_batch(config.threads as i32)
         // Flash attention keeps attention batch-invariant on CPU; without it batches of 2 already differ.
         .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED)
+        // ... as long as keys and values differ in type (the default: Q8_0 keys, F16 values); an
+        // all-F16 cache takes other kernels past 256 cached tokens and from 64 rows (`KvCacheKind`).
+        .with_type_k(kv_type(config.kv_cache).0)
+        .with_type_v(kv_type(config.kv_cache).1)
         // Per-token hidden states for a target-conditioned drafter. (llama.cpp's per-layer inputs are
         // not wired up for the qwen2 architecture, so the final hidden state is what there is.)
         .with_embeddings(config.features)
         .with_pooling_type(LlamaPoolingType::None);
     model.new_context(backend, params).map_err(|e| VerifierError::Context(e.to_string()))
+}
+
+/// Key and value types of a KV cache kind.
+fn kv_type(kind: KvCacheKind) -> (KvCacheType, KvCacheType) {
+    match kind {
+        KvCacheKind::Q8KeysF16Values => (KvCacheType::Q8_0, KvCacheType::F16),
+        KvCacheKind::Q8_0 => (KvCacheType::Q8_0, KvCacheType::Q8_0),
+        KvCacheKind::F16 => (KvCacheType::F16, KvCacheType::F16),
+    }
 }
 
 fn model_info(model: &LlamaModel, config: &VerifierConfig) -> ModelInfo {
@@ -196,6 +210,7 @@ fn model_info(model: &LlamaModel, config: &VerifierConfig) -> ModelInfo {
         n_layer: model.n_layer(),
         n_embd: model.n_embd().max(0) as u32,
         ctx_size: config.ctx_size as usize,
+        kv_cache: Some(config.kv_cache),
         eog,
         pieces,
         chat_template,

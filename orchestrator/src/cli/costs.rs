@@ -39,6 +39,7 @@ struct Report {
     model: String,
     model_bytes: u64,
     threads: u32,
+    kv_cache: String,
     prompt_tokens: usize,
     curve: CostCurve,
     batch_invariant: bool,
@@ -84,6 +85,7 @@ pub fn run(args: CostsArgs) -> anyhow::Result<()> {
         model: info.path.display().to_string(),
         model_bytes: std::fs::metadata(&info.path).map_or(0, |m| m.len()),
         threads,
+        kv_cache: args.models.kv_cache.to_string(),
         prompt_tokens: prompt.len(),
         curve,
         batch_invariant,
@@ -92,7 +94,14 @@ pub fn run(args: CostsArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("model {} ({} bytes), {} threads, context {} tokens", report.model, report.model_bytes, threads, prompt.len());
+        println!(
+            "model {} ({} bytes), {} threads, {} KV cache, context {} tokens",
+            report.model,
+            report.model_bytes,
+            threads,
+            report.kv_cache,
+            prompt.len()
+        );
         println!("one step: {:.1} ms", report.curve.step_s * 1e3);
         println!("| k | {} |", sizes.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" | "));
         println!("|---|{}", "---|".repeat(sizes.len()));

@@ -72,6 +72,7 @@ fn serve(args: DrafterServeArgs) -> anyhow::Result<()> {
         drafter_model: args.drafter_model.clone(),
         ctx_size: args.ctx_size,
         threads: args.threads,
+        kv_cache: Default::default(),
     };
     let (kind, diffusion) = (args.drafter, args.diffusion.clone());
     let load = Box::new(move || -> Result<Box<dyn DrafterFactory>, String> {

@@ -37,6 +37,11 @@ pub struct ModelArgs {
     /// CPU threads for the models [default: all cores].
     #[arg(long, env = "DUET_THREADS")]
     pub threads: Option<u32>,
+    /// Element types of the verifier's KV cache, keys-values: `q8_0-f16` and `q8_0` keep greedy
+    /// hybrid output bit-identical to verifier-only output at every context length; `f16` only below
+    /// 257 cached tokens and for blocks under 64 rows.
+    #[arg(long, env = "DUET_KV_CACHE", default_value_t = duet_verifier::KvCacheKind::default())]
+    pub kv_cache: duet_verifier::KvCacheKind,
 }
 
 /// Verifier settings and the flags that set them.
@@ -58,6 +63,7 @@ impl ModelArgs {
         cfg.features = false;
         cfg.ctx_size = self.ctx_size;
         cfg.max_sessions = max_sessions;
+        cfg.kv_cache = self.kv_cache;
         if let Some(t) = self.threads {
             cfg.threads = t;
         }

@@ -133,6 +133,7 @@ impl RemoteVerifiers {
             n_layer: 0,
             n_embd: first.feature_dim,
             ctx_size: first.ctx_size as usize,
+            kv_cache: None,
             eog: first.eog_tokens.clone(),
             pieces,
             // The template is applied on the verifier (`ApplyChatTemplate`).
