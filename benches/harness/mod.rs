@@ -494,6 +494,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             drafting_model: models.drafting_model.as_ref().map(|m| m.info().path.display().to_string()),
             threads: args.models.threads.unwrap_or_else(duet_verifier::config::default_threads),
             rayon_threads: std::env::var("RAYON_NUM_THREADS").ok(),
+            kv_cache: args.models.kv_cache.to_string(),
             block_size: args.block_size,
             draft_length: args.draft_length,
             pairing: args.pairing,

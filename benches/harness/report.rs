@@ -105,6 +105,8 @@ pub struct RunConfig {
     pub drafting_model: Option<String>,
     /// CPU threads of the llama.cpp models.
     pub threads: u32,
+    /// Element types of the verifier's KV cache (keys-values).
+    pub kv_cache: String,
     /// `RAYON_NUM_THREADS` (candle's threads for the diffusion drafter), when set.
     pub rayon_threads: Option<String>,
     /// Draft block size.
@@ -174,12 +176,13 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "## duet bench — {}", c.verifier);
     let _ = writeln!(
         o,
-        "\n{} ({} cores, {} GiB, {}), {} threads, block {} ({}; {}), {}; load average {} → {}{}\n",
+        "\n{} ({} cores, {} GiB, {}), {} threads, {} KV cache, block {} ({}; {}), {}; load average {} → {}{}\n",
         m.cpu,
         m.cores,
         m.memory_gib,
         m.os,
         c.threads,
+        c.kv_cache,
         c.block_size,
         match c.draft_length {
             super::DraftLength::CostAware => "cost-aware draft length",
