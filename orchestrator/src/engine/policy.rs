@@ -13,9 +13,12 @@
 //! text. When the policy keeps choosing k = 0 it learns nothing, so after [`PROBE_EVERY`] rounds
 //! without a draft one round sends a single draft as a probe; and a drafter that is expensive to
 //! call is not called between probes once [`SKIP_AFTER`] rounds in a row gained nothing from it.
-//! A probe that gains nothing doubles the wait before the next one (up to [`MAX_PROBE_EVERY`]), so
-//! a drafter that cannot follow the text costs less than 1% of the time instead of a probe's price
-//! every [`PROBE_EVERY`] rounds.
+//! A probe that gains nothing doubles the wait before the next one (up to [`MAX_PROBE_EVERY`]), and
+//! makes it at least long enough that probes cost at most [`PROBE_BUDGET`] of the time: a probe costs
+//! c(1) − 1 steps plus the drafter's call, which is 0.5 steps on one CPU and 1.0 on another (where
+//! two rows cost two steps), so a fixed doubling paid twice as much for exploration on the second.
+//! A drafter that cannot follow the text thus costs little instead of a probe's price every
+//! [`PROBE_EVERY`] rounds.
 //!
 //! Under concurrency the verifier evaluates the blocks of several sessions in one decode call, so a
 //! session's drafts lengthen every session's step, and a step that already carries other sessions'
@@ -28,8 +31,9 @@
 //!
 //! A generation also starts from what the previous generation with the same drafter learnt (a
 //! [`PolicyMemory`] the service keeps per drafter): the drafter's cost and whether it had stopped
-//! paying. Without it, every request would pay again for the [`SKIP_AFTER`] calls in which an
-//! expensive drafter that never hits proves it. The calibration is not carried over: acceptance
+//! paying, and then how long it waited between probes. Without it, every request would pay again for
+//! the [`SKIP_AFTER`] calls in which an expensive drafter that never hits proves it, and for the
+//! probes after [`PROBE_EVERY`] and 2 × [`PROBE_EVERY`] rounds that it fails again. The calibration is not carried over: acceptance
 //! belongs to the text (an n-gram drafter that fails on chat copies whole lines of an edit), and a
 //! pessimistic start would cost a good text far more than an optimistic one costs a bad text.
 
@@ -45,6 +49,9 @@ pub const MAX_PROBE_EVERY: usize = 128;
 /// Consecutive rounds without an accepted draft after which an expensive drafter is only called
 /// on probe rounds.
 pub const SKIP_AFTER: usize = 4;
+/// Largest share of the time that probes which gain nothing may cost: after such a probe, the next
+/// waits at least its cost in steps divided by this many rounds.
+pub const PROBE_BUDGET: f64 = 0.02;
 /// A drafter whose calls cost at least this share of a decoding step counts as expensive.
 pub const EXPENSIVE_DRAFTER: f64 = 0.02;
 /// Acceptance assumed before any draft was judged, and its weight in judged drafts.
@@ -175,6 +182,8 @@ struct Learnt {
     drafter_cost: Option<f64>,
     /// Whether the drafter had stopped paying (its last rounds gained nothing).
     idle: bool,
+    /// The wait between probes it had reached.
+    probe_every: usize,
 }
 
 /// What earlier generations learnt about one drafter, shared by the generations that use it (one
@@ -233,7 +242,7 @@ impl LengthPicker {
             predicted: PRIOR_WEIGHT,
             idle_rounds: if learnt.is_some_and(|l| l.idle) { SKIP_AFTER } else { 0 },
             since_sent: 0,
-            probe_every: PROBE_EVERY,
+            probe_every: learnt.filter(|l| l.idle).map_or(PROBE_EVERY, |l| l.probe_every.clamp(PROBE_EVERY, MAX_PROBE_EVERY)),
             probing: false,
             drafter_cost: learnt.and_then(|l| l.drafter_cost),
             others: OtherLoad::ALONE,
@@ -245,6 +254,7 @@ impl LengthPicker {
         memory.store(Learnt {
             drafter_cost: self.drafter_cost,
             idle: self.idle_rounds >= SKIP_AFTER,
+            probe_every: self.probe_every,
         });
     }
 
@@ -299,6 +309,13 @@ impl LengthPicker {
         };
     }
 
+    /// Rounds without a draft after which a probe's cost (c(1) − 1 steps plus a drafter call) is
+    /// [`PROBE_BUDGET`] of their time.
+    fn budgeted_wait(&self) -> usize {
+        let cost = self.curve.cost(1) - 1.0 + self.drafter_cost.unwrap_or(0.0);
+        (cost.max(0.0) / PROBE_BUDGET).ceil() as usize
+    }
+
     /// Learns from a round: `sent` drafts with these confidences, `accepted` of them accepted.
     /// Rounds that gained no draft token count towards the next probe.
     pub(crate) fn observe(&mut self, confidences: &[f32], sent: usize, accepted: usize) {
@@ -307,7 +324,7 @@ impl LengthPicker {
         if accepted > 0 {
             self.probe_every = PROBE_EVERY;
         } else if self.probing && sent > 0 {
-            self.probe_every = (2 * self.probe_every).min(MAX_PROBE_EVERY);
+            self.probe_every = (2 * self.probe_every).max(self.budgeted_wait()).min(MAX_PROBE_EVERY);
         }
         self.probing = false;
         // Judged drafts: the accepted ones and the first rejected one.
@@ -453,6 +470,22 @@ mod tests {
     }
 
     #[test]
+    fn probes_that_gain_nothing_cost_at_most_the_budget_when_two_rows_cost_two_steps() {
+        // This CPU's curve (AMD EPYC, 2 threads): a first draft doubles the step.
+        let steep = CostCurve::from_times(&[0, 1, 2, 4, 8], &[1.0, 2.01, 2.4, 3.44, 5.67]).expect("curve");
+        let mut p = LengthPicker::new(steep, None);
+        let at = probe_rounds(&mut p, 300, |_| false);
+        let spent = at.len() as f64 * 1.01;
+        assert!(at.len() >= 2 && at[1] - at[0] >= 50, "one probe per 1.01 / {PROBE_BUDGET} rounds: {at:?}");
+        assert!(spent / 300.0 < 0.025, "{at:?}");
+        // On the flatter curve of FACTS.md the doubling alone keeps probes within the budget.
+        let mut q = LengthPicker::new(facts_curve(), None);
+        let at = probe_rounds(&mut q, 64, |_| false);
+        // (The prior's first single drafts come before the probes.)
+        assert_eq!(at[at.len() - 1] - at[at.len() - 2], 2 * PROBE_EVERY + 1, "{at:?}");
+    }
+
+    #[test]
     fn a_generation_starts_from_what_the_last_one_with_its_drafter_learnt() {
         let memory = PolicyMemory::new();
         let fresh = LengthPicker::new(facts_curve(), Some(&memory));
@@ -473,13 +506,16 @@ mod tests {
         let mut next = LengthPicker::new(facts_curve(), Some(&memory));
         assert!(!next.wants_draft(), "not called before its first probe");
         assert_eq!(next.choose(&[0.3; 8], 8, 0.5 * step), 0);
+        // ... and its first probe waits as long as the last generation's probes had come to wait.
+        assert!(first.probe_every > PROBE_EVERY);
+        assert_eq!(next.probe_every, first.probe_every);
 
         // Acceptance stays with its text: the next generation's calibration starts from the prior.
         let prior = LengthPicker::new(facts_curve(), None).choose(&[0.5; 8], 8, 0.0);
         assert_eq!(LengthPicker::new(facts_curve(), Some(&memory)).choose(&[0.5; 8], 8, 0.0), prior);
         // A drafter that paid again is called again from the next start.
         let mut paying = LengthPicker::new(facts_curve(), Some(&memory));
-        for _ in 0..(PROBE_EVERY + 2) {
+        for _ in 0..(MAX_PROBE_EVERY + 2) {
             if paying.wants_draft() {
                 let k = paying.choose(&[0.9; 8], 8, 0.5 * step);
                 paying.observe(&[0.9; 8], k, k);
@@ -488,7 +524,9 @@ mod tests {
             }
         }
         paying.remember(&memory);
-        assert!(LengthPicker::new(facts_curve(), Some(&memory)).wants_draft());
+        let again = LengthPicker::new(facts_curve(), Some(&memory));
+        assert!(again.wants_draft());
+        assert_eq!(again.probe_every, PROBE_EVERY);
     }
 
     #[test]
