@@ -9,6 +9,7 @@ pub mod chi_square;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use duet_orchestrator::engine::{Draft, DraftRequest};
 use duet_verifier::{ChatMessage, TokenId, Verifier, VerifierConfig};
 use serde::Deserialize;
 
@@ -72,4 +73,28 @@ pub fn prompt_tokens(v: &Verifier, p: &TestPrompt) -> Vec<TokenId> {
         p.prompt.clone()
     };
     v.tokenize(&text, true).expect("tokenize")
+}
+
+/// A verifier-only continuation that test drafters replay, so that their drafts are accepted whole
+/// (or rejected exactly where a test corrupts them).
+pub struct Reference {
+    /// Tokens of the prompt the continuation follows.
+    pub prompt_len: usize,
+    /// The continuation.
+    pub tokens: Vec<TokenId>,
+}
+
+impl Reference {
+    /// The next `req.max_len` tokens of the continuation after the request's context (fewer near
+    /// its end, none past it).
+    pub fn next_block(&self, req: &DraftRequest<'_>) -> Vec<TokenId> {
+        let done = req.context.len() - self.prompt_len;
+        let end = (done + req.max_len).min(self.tokens.len());
+        self.tokens.get(done..end).unwrap_or(&[]).to_vec()
+    }
+}
+
+/// A draft whose every token the drafter claims to be certain of.
+pub fn certain_draft(tokens: Vec<TokenId>) -> Draft {
+    Draft { probs: vec![1.0; tokens.len()], tokens, ..Draft::default() }
 }

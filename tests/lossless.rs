@@ -6,8 +6,7 @@
 
 use duet_orchestrator::drafters::NgramDrafter;
 use duet_orchestrator::engine::{self, Draft, DraftError, DraftRequest, Drafter, GenerateParams, Generation, Mode};
-use duet_tests::{TestPrompt, load_prompts, prompt_tokens, small_verifier};
-use duet_verifier::TokenId;
+use duet_tests::{Reference, TestPrompt, certain_draft, load_prompts, prompt_tokens, small_verifier};
 
 const MAX_TOKENS: usize = 80;
 const MIN_TOKENS: usize = 64;
@@ -25,8 +24,7 @@ fn run(p: &TestPrompt, mode: Mode, drafter: Option<&mut dyn Drafter>, block_size
 /// a pseudo-random position: long fully accepted blocks and rejections at every block position, the
 /// hardest case for batch invariance and KV rollback.
 struct CorruptedOracle {
-    prompt_len: usize,
-    reference: Vec<TokenId>,
+    reference: Reference,
     rng: u64,
 }
 
@@ -35,16 +33,14 @@ impl Drafter for CorruptedOracle {
         "corrupted-oracle"
     }
     fn propose(&mut self, req: &DraftRequest<'_>) -> Result<Draft, DraftError> {
-        let done = req.context.len() - self.prompt_len;
-        let end = (done + req.max_len).min(self.reference.len());
-        let mut tokens = self.reference.get(done..end).unwrap_or(&[]).to_vec();
+        let mut tokens = self.reference.next_block(req);
         self.rng = self.rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         let r = (self.rng >> 33) as usize;
-        if !tokens.is_empty() && r % 2 == 0 {
+        if !tokens.is_empty() && r.is_multiple_of(2) {
             let at = (r / 2) % tokens.len();
             tokens[at] = (tokens[at] + 1 + (r as u32 % 5000)) % 150_000;
         }
-        Ok(Draft { probs: vec![1.0; tokens.len()], tokens, ..Draft::default() })
+        Ok(certain_draft(tokens))
     }
 }
 
@@ -76,7 +72,7 @@ fn greedy_hybrid_equals_ar_on_real_prompts() {
         }
         let prompt_len = prompt_tokens(small_verifier(), p).len();
         for block in [4, 16] {
-            let mut oracle = CorruptedOracle { prompt_len, reference: ar.tokens.clone(), rng: block as u64 };
+            let mut oracle = CorruptedOracle { reference: Reference { prompt_len, tokens: ar.tokens.clone() }, rng: block as u64 };
             let g = run(p, Mode::Hybrid, Some(&mut oracle), block);
             drafted += g.stats.drafted;
             accepted += g.stats.accepted;

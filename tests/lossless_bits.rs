@@ -4,7 +4,7 @@
 //! Checked through the margins (best logit − runner-up) the engine records for every emitted token.
 
 use duet_orchestrator::engine::{self, Draft, DraftError, DraftRequest, Drafter, GenerateParams, Generation, Mode};
-use duet_tests::{TestPrompt, load_prompts, prompt_tokens, small_verifier};
+use duet_tests::{Reference, TestPrompt, certain_draft, load_prompts, prompt_tokens, small_verifier};
 use duet_verifier::TokenId;
 
 const MAX_TOKENS: usize = 48;
@@ -18,20 +18,14 @@ fn run(prompt: &[TokenId], mode: Mode, drafter: Option<&mut dyn Drafter>, block_
 
 /// Proposes the verifier-only continuation exactly: every block is accepted whole, so every token
 /// after the first of a round is evaluated as a row of a multi-row block.
-struct Replay {
-    prompt_len: usize,
-    reference: Vec<TokenId>,
-}
+struct Replay(Reference);
 
 impl Drafter for Replay {
     fn name(&self) -> &str {
         "replay"
     }
     fn propose(&mut self, req: &DraftRequest<'_>) -> Result<Draft, DraftError> {
-        let done = req.context.len() - self.prompt_len;
-        let end = (done + req.max_len).min(self.reference.len());
-        let tokens = self.reference.get(done..end).unwrap_or(&[]).to_vec();
-        Ok(Draft { probs: vec![1.0; tokens.len()], tokens, ..Draft::default() })
+        Ok(certain_draft(self.0.next_block(req)))
     }
 }
 
@@ -39,7 +33,7 @@ impl Drafter for Replay {
 /// output in blocks of `block` drafts differ in any bit, with the context length there.
 fn first_bit_difference(prompt: &[TokenId], block: usize, max_tokens: usize) -> Option<(usize, usize, f32, f32)> {
     let ar = run(prompt, Mode::Ar, None, 1, max_tokens);
-    let mut replay = Replay { prompt_len: prompt.len(), reference: ar.tokens.clone() };
+    let mut replay = Replay(Reference { prompt_len: prompt.len(), tokens: ar.tokens.clone() });
     let hybrid = run(prompt, Mode::Hybrid, Some(&mut replay), block, max_tokens);
     assert_eq!(hybrid.tokens, ar.tokens, "greedy output differs");
     assert!(hybrid.stats.accepted > hybrid.stats.drafted / 2, "the replay was not accepted");
