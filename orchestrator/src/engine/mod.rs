@@ -11,6 +11,7 @@
 //! sends is fixed or chosen from the verifier's cost curve and the drafter's confidence ([`policy`]).
 
 mod drafter;
+pub mod floor;
 pub mod policy;
 mod round;
 mod stats;

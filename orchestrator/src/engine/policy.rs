@@ -20,6 +20,11 @@
 //! A drafter that cannot follow the text thus costs little instead of a probe's price every
 //! [`PROBE_EVERY`] rounds.
 //!
+//! Expectation is not a floor: a block the calibration rates highly can still be rejected whole.
+//! [`super::floor`] caps each round's block at what the generation can lose and still keep
+//! [`super::floor::FLOOR`] of plain decoding's speed by the cost curve, and skips the drafter call
+//! when not even one draft is affordable.
+//!
 //! Under concurrency the verifier evaluates the blocks of several sessions in one decode call, so a
 //! session's drafts lengthen every session's step, and a step that already carries other sessions'
 //! rows makes plain decoding cheap per token (the 1.5B does 4 sessions' steps in ~2.9 steps' time).
@@ -41,6 +46,8 @@ use std::sync::Mutex;
 
 use duet_verifier::BatchShare;
 use serde::{Deserialize, Serialize};
+
+use super::floor::LossGuard;
 
 /// Rounds without a sent draft after which a round sends a single draft anyway (a probe).
 pub const PROBE_EVERY: usize = 16;
@@ -227,6 +234,8 @@ pub(crate) struct LengthPicker {
     drafter_cost: Option<f64>,
     /// What the other sessions put into the calls this one's blocks shared (averaged).
     others: OtherLoad,
+    /// The generation's books by the cost curve: no block may take it below the floor.
+    guard: LossGuard,
 }
 
 /// Per round, how much of the other sessions' averaged load is kept: sessions come and go.
@@ -246,6 +255,7 @@ impl LengthPicker {
             probing: false,
             drafter_cost: learnt.and_then(|l| l.drafter_cost),
             others: OtherLoad::ALONE,
+            guard: LossGuard::default(),
         }
     }
 
@@ -259,10 +269,11 @@ impl LengthPicker {
     }
 
     /// Whether to call the drafter this round: always, unless it is expensive and has not paid
-    /// for a while (then only on probe rounds).
+    /// for a while (then only on probe rounds), or the floor could not afford a call and one draft.
     pub(crate) fn wants_draft(&self) -> bool {
         let expensive = self.drafter_cost.is_some_and(|d| d >= EXPENSIVE_DRAFTER);
-        !(expensive && self.idle_rounds >= SKIP_AFTER && !self.is_probe_round())
+        let affordable = self.curve.cost(1) + self.drafter_cost.unwrap_or(0.0) <= self.guard.affordable();
+        affordable && !(expensive && self.idle_rounds >= SKIP_AFTER && !self.is_probe_round())
     }
 
     fn is_probe_round(&self) -> bool {
@@ -285,6 +296,10 @@ impl LengthPicker {
             None => d,
         });
         self.probing = false;
+        self.guard.spend(d);
+        // The longest block whose total rejection the floor can afford.
+        let affordable = self.guard.affordable();
+        let offered = (1..=offered).take_while(|&k| self.curve.cost(k) <= affordable).count();
         if offered == 0 {
             return 0;
         }
@@ -319,6 +334,7 @@ impl LengthPicker {
     /// Learns from a round: `sent` drafts with these confidences, `accepted` of them accepted.
     /// Rounds that gained no draft token count towards the next probe.
     pub(crate) fn observe(&mut self, confidences: &[f32], sent: usize, accepted: usize) {
+        self.guard.record(self.curve.cost(sent), accepted + 1);
         self.idle_rounds = if accepted > 0 { 0 } else { self.idle_rounds + 1 };
         self.since_sent = if sent > 0 { 0 } else { self.since_sent + 1 };
         if accepted > 0 {
