@@ -257,7 +257,9 @@ impl Drafter for RemoteDrafter {
                 tokens.truncate(req.max_len);
                 let mut probs = r.probs;
                 probs.resize(tokens.len(), 1.0);
-                Ok(Draft { tokens, probs, ..Draft::default() })
+                let mut confidences = r.confidences;
+                confidences.truncate(tokens.len());
+                Ok(Draft { tokens, probs, confidences, ..Draft::default() })
             }
             Err(s) => {
                 self.forget();

@@ -46,7 +46,7 @@ impl Default for DrafterServiceConfig {
 
 /// A session's drafter. The diffusion drafter is kept as itself so its confidences reach the wire.
 pub enum SessionDrafter {
-    /// Any engine drafter (n-gram, AR model, test drafters): confidences are its probabilities.
+    /// Any engine drafter (n-gram, AR model, test drafters).
     Engine(Box<dyn Drafter>),
     /// The block-diffusion drafter.
     Diffusion(Box<DiffusionDrafter>),
@@ -345,8 +345,7 @@ impl Worker {
         let (mut tokens, mut probs, mut confidences) = match &mut s.drafter {
             SessionDrafter::Engine(d) => {
                 let draft = d.propose(&dreq).map_err(|e| Status::internal(e.to_string()))?;
-                let conf = draft.probs.clone();
-                (draft.tokens, draft.probs, conf)
+                (draft.tokens, draft.probs, draft.confidences)
             }
             SessionDrafter::Diffusion(d) => {
                 let block = d.draft_block(&dreq).map_err(|e| Status::internal(e.to_string()))?;
@@ -355,7 +354,8 @@ impl Worker {
         };
         tokens.truncate(max_len);
         probs.resize(tokens.len(), 1.0);
-        confidences.resize(tokens.len(), 1.0);
+        // Missing confidences stay missing: the policy prices a draft without one by its prior.
+        confidences.truncate(tokens.len());
         Ok(pb::DraftResponse { tokens, probs, confidences, context_len: s.context.len() as u64 })
     }
 }
