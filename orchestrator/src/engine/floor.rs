@@ -75,17 +75,18 @@ mod tests {
         assert!(spent > 200.0, "it did risk drafts");
     }
 
-    /// Runs `rounds` rounds of a drafter offering 8 sure drafts; the n-th block sent is accepted
+    /// Runs `rounds` rounds of a drafter offering 8 drafts without confidences (each priced at the
+    /// prior's acceptance, as the n-gram drafter's once were); the n-th block sent is accepted
     /// whole when `hit(n)`, rejected whole otherwise. Checks the floor after every round; returns
     /// the lengths sent, the tokens and the steps.
     fn generate(curve: &CostCurve, rounds: usize, hit: impl Fn(usize) -> bool) -> (Vec<usize>, f64, f64) {
         let mut p = LengthPicker::new(curve.clone(), None);
         let (mut sent, mut tokens, mut steps) = (Vec::new(), 0.0, 0.0);
         for r in 0..rounds {
-            let k = if p.wants_draft() { p.choose(&[1.0; 8], 8, 0.0) } else { 0 };
+            let k = if p.wants_draft() { p.choose(&[], 8, 0.0) } else { 0 };
             let blocks = sent.iter().filter(|&&k| k > 0).count();
             let accepted = if hit(blocks) { k } else { 0 };
-            p.observe(&[1.0; 8], k, accepted);
+            p.observe(&[], k, accepted);
             sent.push(k);
             tokens += (accepted + 1) as f64;
             steps += curve.cost(k);

@@ -7,12 +7,19 @@
 //! policy sends the k that maximises E(k) / (c(k) + d), and none (k = 0, a plain step at cost 1)
 //! when no length beats plain decoding.
 //!
-//! The a_j come from the drafter's per-position confidences (1 when it reports none), scaled by a
-//! calibration learnt during the generation: the ratio of accepted drafts to the confidence the
-//! drafter put on the drafts the verifier judged, forgotten exponentially so that it follows the
-//! text. When the policy keeps choosing k = 0 it learns nothing, so after [`PROBE_EVERY`] rounds
-//! without a draft one round sends a single draft as a probe; and a drafter that is expensive to
-//! call is not called between probes once [`SKIP_AFTER`] rounds in a row gained nothing from it.
+//! The a_j come from the drafter's per-position confidences — its own estimate of a_j, or
+//! [`PRIOR_RATE`] for a position it gives none — scaled by a calibration learnt during the
+//! generation: the ratio of accepted drafts to the confidence the drafter put on the drafts the
+//! verifier judged, forgotten exponentially so that it follows the text. The calibration starts at
+//! 1, as if [`PRIOR_WEIGHT`] drafts had been accepted as often as predicted: a drafter's estimate
+//! (the n-gram drafter's grows with how far back its match agrees) is taken at its word until
+//! verdicts say otherwise.
+//!
+//! When the policy keeps choosing k = 0 it learns nothing, so after [`PROBE_EVERY`] rounds without a
+//! draft, the first draft the drafter is at least [`PRIOR_RATE`] sure of is sent alone as a probe (a
+//! doubted one would only teach the calibration about drafts it never sends); and a drafter that is
+//! expensive to call is not called between probes once [`SKIP_AFTER`] rounds in a row gained nothing
+//! from it, nor again on the rounds after a probe round whose draft it doubted.
 //! A probe that gains nothing doubles the wait before the next one (up to [`MAX_PROBE_EVERY`]), and
 //! makes it at least long enough that probes cost at most [`PROBE_BUDGET`] of the time: a probe costs
 //! c(1) − 1 steps plus the drafter's call, which is 0.5 steps on one CPU and 1.0 on another (where
@@ -61,9 +68,10 @@ pub const SKIP_AFTER: usize = 4;
 pub const PROBE_BUDGET: f64 = 0.02;
 /// A drafter whose calls cost at least this share of a decoding step counts as expensive.
 pub const EXPENSIVE_DRAFTER: f64 = 0.02;
-/// Acceptance assumed before any draft was judged, and its weight in judged drafts.
-const PRIOR_RATE: f64 = 0.7;
-const PRIOR_WEIGHT: f64 = 2.0;
+/// Acceptance assumed for a draft position whose drafter gives no confidence.
+pub const PRIOR_RATE: f64 = 0.7;
+/// Weight of the calibration's starting point, in judged drafts at [`PRIOR_RATE`].
+pub const PRIOR_WEIGHT: f64 = 2.0;
 /// Per judged draft, how much of the calibration's past is kept.
 const MEMORY: f64 = 0.95;
 /// No draft is ever assumed certain: the expected gain of long blocks stays finite.
@@ -215,6 +223,11 @@ impl PolicyMemory {
     }
 }
 
+/// The drafter's confidence in draft `i`, [`PRIOR_RATE`] where it gives none.
+fn confidence(confidences: &[f32], i: usize) -> f64 {
+    confidences.get(i).map_or(PRIOR_RATE, |&c| f64::from(c))
+}
+
 /// The per-generation state of the cost-aware policy.
 #[derive(Debug, Clone)]
 pub(crate) struct LengthPicker {
@@ -248,7 +261,7 @@ impl LengthPicker {
         Self {
             curve,
             hits: PRIOR_RATE * PRIOR_WEIGHT,
-            predicted: PRIOR_WEIGHT,
+            predicted: PRIOR_RATE * PRIOR_WEIGHT,
             idle_rounds: if learnt.is_some_and(|l| l.idle) { SKIP_AFTER } else { 0 },
             since_sent: 0,
             probe_every: learnt.filter(|l| l.idle).map_or(PROBE_EVERY, |l| l.probe_every.clamp(PROBE_EVERY, MAX_PROBE_EVERY)),
@@ -271,21 +284,27 @@ impl LengthPicker {
     /// Whether to call the drafter this round: always, unless it is expensive and has not paid
     /// for a while (then only on probe rounds), or the floor could not afford a call and one draft.
     pub(crate) fn wants_draft(&self) -> bool {
-        let expensive = self.drafter_cost.is_some_and(|d| d >= EXPENSIVE_DRAFTER);
-        let affordable = self.curve.cost(1) + self.drafter_cost.unwrap_or(0.0) <= self.guard.affordable();
-        affordable && !(expensive && self.idle_rounds >= SKIP_AFTER && !self.is_probe_round())
+        let affordable = self.first_draft_cost() <= self.guard.affordable();
+        affordable && !(self.is_expensive() && self.idle_rounds >= SKIP_AFTER && !self.is_probe_round())
+    }
+
+    fn is_expensive(&self) -> bool {
+        self.drafter_cost.is_some_and(|d| d >= EXPENSIVE_DRAFTER)
+    }
+
+    /// Steps a round with a single draft costs: c(1) plus a drafter call.
+    fn first_draft_cost(&self) -> f64 {
+        self.curve.cost(1) + self.drafter_cost.unwrap_or(0.0)
     }
 
     fn is_probe_round(&self) -> bool {
         self.since_sent >= self.probe_every
     }
 
-    /// Conditional acceptance chances for a draft with these confidences (empty: unknown, 1 each).
+    /// Conditional acceptance chances for a draft with these confidences (missing: [`PRIOR_RATE`]).
     pub(crate) fn rates(&self, confidences: &[f32], len: usize) -> Vec<f64> {
         let scale = self.hits / self.predicted.max(1e-9);
-        (0..len)
-            .map(|i| (f64::from(confidences.get(i).copied().unwrap_or(1.0)) * scale).clamp(0.0, MAX_RATE))
-            .collect()
+        (0..len).map(|i| (confidence(confidences, i) * scale).clamp(0.0, MAX_RATE)).collect()
     }
 
     /// The number of drafts to send out of `offered`, given the drafter took `drafter_s` seconds.
@@ -304,11 +323,21 @@ impl LengthPicker {
             return 0;
         }
         let k = best_shared_length(&self.rates(confidences, offered), &self.curve, d, self.others);
-        if k == 0 && self.is_probe_round() {
+        if k != 0 || !self.is_probe_round() {
+            return k;
+        }
+        // A probe is a draft the drafter is at least as sure of as the prior: one it doubts teaches
+        // the calibration about drafts the policy would not send anyway. A cheap drafter is asked
+        // every round, so the probe waits for its first sure draft; an expensive one would then be
+        // called every round for nothing, so its wait starts again.
+        if confidence(confidences, 0) >= PRIOR_RATE {
             self.probing = true;
             1
         } else {
-            k
+            if self.is_expensive() {
+                self.since_sent = 0;
+            }
+            0
         }
     }
 
@@ -327,7 +356,7 @@ impl LengthPicker {
     /// Rounds without a draft after which a probe's cost (c(1) − 1 steps plus a drafter call) is
     /// [`PROBE_BUDGET`] of their time.
     fn budgeted_wait(&self) -> usize {
-        let cost = self.curve.cost(1) - 1.0 + self.drafter_cost.unwrap_or(0.0);
+        let cost = self.first_draft_cost() - 1.0;
         (cost.max(0.0) / PROBE_BUDGET).ceil() as usize
     }
 
@@ -345,7 +374,7 @@ impl LengthPicker {
         self.probing = false;
         // Judged drafts: the accepted ones and the first rejected one.
         for i in 0..(accepted + 1).min(sent) {
-            let c = f64::from(confidences.get(i).copied().unwrap_or(1.0));
+            let c = confidence(confidences, i);
             self.hits = MEMORY * self.hits + f64::from(u8::from(i < accepted));
             self.predicted = MEMORY * self.predicted + c;
         }
@@ -507,13 +536,14 @@ mod tests {
         let fresh = LengthPicker::new(facts_curve(), Some(&memory));
         assert!(fresh.clone().choose(&[], 8, 0.0) > 0, "an empty memory starts from the prior");
 
-        // An expensive drafter that never hits: learnt once, skipped from the next generation's start.
+        // An expensive drafter, sure of itself, that never hits: learnt once, skipped from the next
+        // generation's start.
         let mut first = fresh;
         let step = first.curve.step_s;
         for _ in 0..40 {
             if first.wants_draft() {
-                let k = first.choose(&[0.3; 8], 8, 0.5 * step);
-                first.observe(&[0.3; 8], k, 0);
+                let k = first.choose(&[0.8; 8], 8, 0.5 * step);
+                first.observe(&[0.8; 8], k, 0);
             } else {
                 first.observe(&[], 0, 0);
             }
@@ -543,6 +573,58 @@ mod tests {
         let again = LengthPicker::new(facts_curve(), Some(&memory));
         assert!(again.wants_draft());
         assert_eq!(again.probe_every, PROBE_EVERY);
+    }
+
+    #[test]
+    fn a_drafter_is_taken_at_its_word_until_the_verdicts_say_otherwise() {
+        let mut p = LengthPicker::new(facts_curve(), None);
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(&p.rates(&[0.9, 0.5], 2), &[0.9, 0.5]), "{:?}", p.rates(&[0.9, 0.5], 2));
+        assert!(close(&p.rates(&[], 2), &[PRIOR_RATE; 2]), "no confidence: the prior");
+        // Drafts it was 90% sure of are accepted half the time.
+        for i in 0..60 {
+            p.observe(&[0.9; 2], 1, i % 2);
+        }
+        let rate = p.rates(&[0.9], 1)[0];
+        assert!((rate - 0.5).abs() < 0.05, "{rate}");
+    }
+
+    #[test]
+    fn a_probe_waits_for_a_draft_the_drafter_is_sure_of() {
+        // Sure drafts that all fail: the calibration learns to send none.
+        let mut p = LengthPicker::new(facts_curve(), None);
+        for _ in 0..30 {
+            let k = p.choose(&[0.9; 8], 8, 0.0);
+            p.observe(&[0.9; 8], k, 0);
+        }
+        // A cheap drafter that doubts its drafts sends none, probes included, however long it waits.
+        for _ in 0..(2 * MAX_PROBE_EVERY) {
+            assert!(p.wants_draft());
+            assert_eq!(p.choose(&[0.2; 8], 8, 0.0), 0);
+            p.observe(&[0.2; 8], 0, 0);
+        }
+        assert!(p.is_probe_round());
+        // The first draft it is sure of is the probe, sent alone.
+        assert_eq!(p.choose(&[0.9; 8], 8, 0.0), 1);
+    }
+
+    #[test]
+    fn an_expensive_drafter_is_not_asked_every_round_for_a_sure_draft() {
+        let mut p = LengthPicker::new(facts_curve(), None);
+        let step = p.curve.step_s;
+        let rounds = 8 * PROBE_EVERY;
+        let mut called = 0;
+        for _ in 0..rounds {
+            let k = if p.wants_draft() {
+                called += 1;
+                p.choose(&[0.2; 8], 8, 0.5 * step)
+            } else {
+                0
+            };
+            assert_eq!(k, 0);
+            p.observe(&[0.2; 8], k, 0);
+        }
+        assert!(called <= SKIP_AFTER + rounds / PROBE_EVERY + 1, "called {called} times in {rounds} rounds");
     }
 
     #[test]
