@@ -19,58 +19,14 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use duet_orchestrator::drafters::NgramDrafter;
 use duet_orchestrator::drafters::diffusion::{DiffusionDrafter, load_model};
-use duet_orchestrator::engine::{
-    self, CostCurve, DraftPolicy, Drafter, GenerateParams, Mode, PolicyMemory, StopReason, VerifierSession,
-};
-use duet_verifier::{BatchShare, Choice, TokenId, Verdict, Verifier, VerifierConfig, VerifierError};
+use duet_orchestrator::engine::{self, CostCurve, DraftPolicy, Drafter, GenerateParams, Mode, PolicyMemory, StopReason};
+use duet_orchestrator::service::Backend as _;
+use duet_orchestrator::service::testing::ScriptedBackend;
+use duet_verifier::{TokenId, Verifier, VerifierConfig};
 use serde_json::Value;
 
 /// Qwen2.5's `<|im_end|>`, which ends a chat answer.
 const END: TokenId = 151_645;
-
-/// A verifier session whose greedy choices are a recorded output.
-struct Recorded {
-    output: Vec<TokenId>,
-    /// Index in `output` of the session's pending token.
-    pos: usize,
-}
-
-impl Recorded {
-    fn token(&self, i: usize) -> TokenId {
-        self.output.get(i).copied().unwrap_or(END)
-    }
-
-    fn verdict(&self, accepted: usize) -> Verdict {
-        let choice = |i: usize| Choice { token: self.token(i), prob: 1.0, margin: 1.0 };
-        Verdict {
-            accepted,
-            next: choice(self.pos),
-            choices: (self.pos - accepted..=self.pos).map(choice).collect(),
-            features: Vec::new(),
-            next_dist: Vec::new(),
-            batch: BatchShare::default(),
-        }
-    }
-}
-
-impl VerifierSession for Recorded {
-    fn prefill(&mut self, _prompt: &[TokenId]) -> Result<Verdict, VerifierError> {
-        self.pos = 0;
-        Ok(self.verdict(0))
-    }
-    fn step(&mut self) -> Result<Verdict, VerifierError> {
-        self.pos += 1;
-        Ok(self.verdict(0))
-    }
-    fn verify(&mut self, draft: &[TokenId]) -> Result<Verdict, VerifierError> {
-        let accepted = draft.iter().enumerate().take_while(|&(i, &t)| t == self.token(self.pos + 1 + i)).count();
-        self.pos += accepted + 1;
-        Ok(self.verdict(accepted))
-    }
-    fn room(&self) -> usize {
-        usize::MAX / 2
-    }
-}
 
 /// One recorded verifier-only generation.
 struct Case {
@@ -128,7 +84,8 @@ fn main() -> anyhow::Result<()> {
         let memory = Arc::new(PolicyMemory::new());
         let mut by_suite: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         for case in &cases {
-            let mut session = Recorded { output: case.output.clone(), pos: 0 };
+            let backend = ScriptedBackend::replaying("recorded", case.output.clone(), END, usize::MAX / 2);
+            let mut session = backend.open_session()?;
             let mut drafter: Box<dyn Drafter> = match &diffusion {
                 Some(m) => Box::new(DiffusionDrafter::new(m.clone(), Default::default(), Default::default())?),
                 None => Box::new(NgramDrafter::default()),
@@ -140,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 policy_memory: Some(memory.clone()),
                 ..GenerateParams::default()
             };
-            let g = engine::generate(&mut session, Some(drafter.as_mut()), &case.prompt, &params, &|t| t == END, &mut |_| true)?;
+            let g = engine::generate(session.as_mut(), Some(drafter.as_mut()), &case.prompt, &params, &|t| t == END, &mut |_| true)?;
             let st = &g.stats;
             let steps: f64 = st.draft_lengths.iter().map(|&k| curve.cost(k)).sum::<f64>() + st.drafter_s / curve.step_s;
             // Plain decoding: one step per token after the prompt's, the end token included.

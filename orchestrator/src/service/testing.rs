@@ -25,6 +25,8 @@ const SPECIALS: [&str; 4] = ["<|endoftext|>", FIM_MARKERS[0], FIM_MARKERS[1], FI
 pub struct ScriptedBackend {
     name: String,
     script: Vec<TokenId>,
+    /// The token after the script: it ends the generation.
+    end: TokenId,
     ctx_size: usize,
     gate: Gate,
     /// Verification fails once this many tokens are out (a verifier crash mid-stream).
@@ -67,12 +69,19 @@ impl ScriptedBackend {
         Self {
             name: name.to_owned(),
             script: script.bytes().map(TokenId::from).collect(),
+            end: EOG,
             ctx_size,
             gate: Gate::new(true),
             fail_at: None,
             verifications: Arc::default(),
             step_delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// A model that answers every prompt with `script`, token ids of a real vocabulary whose
+    /// end-of-generation token is `end` (for replaying a recorded output through the engine).
+    pub fn replaying(name: &str, script: Vec<TokenId>, end: TokenId, ctx_size: usize) -> Self {
+        Self { script, end, ..Self::new(name, "", ctx_size) }
     }
 
     /// Makes every verification take `delay`.
@@ -147,7 +156,7 @@ impl Backend for ScriptedBackend {
     }
 
     fn is_eog(&self, token: TokenId) -> bool {
-        token == EOG
+        token == self.end
     }
 
     fn check(&self, mode: Mode, drafter: DrafterKind) -> Result<(), ServiceError> {
@@ -181,7 +190,7 @@ struct ScriptedSession {
 impl ScriptedSession {
     /// The script's token at output position `i`.
     fn at(&self, i: usize) -> Choice {
-        let token = self.backend.script.get(i).copied().unwrap_or(EOG);
+        let token = self.backend.script.get(i).copied().unwrap_or(self.backend.end);
         Choice { token, prob: 1.0, margin: 1.0 }
     }
 }
