@@ -41,6 +41,11 @@
 //! the single-session rule above; with three other sessions stepping plainly, a first draft must be
 //! accepted ~3 times in 4 instead of ~1 in 2 to pay.
 //!
+//! The curve is measured once and drifts (on a shared VM, ~10% steeper within an hour), so each
+//! verify call that served the session alone corrects it ([`drift`]): the excess of a block over a
+//! plain step is scaled by what the generation's blocks took against what the curve said, and the
+//! corrected curve prices every choice and keeps the floor's books.
+//!
 //! A generation also starts from what the previous generation with the same drafter learnt (a
 //! [`PolicyMemory`] the service keeps per drafter): the drafter's cost and whether it had stopped
 //! paying, and then how long it waited between probes. Without it, every request would pay again for
@@ -55,6 +60,9 @@ use duet_verifier::BatchShare;
 use serde::{Deserialize, Serialize};
 
 use super::floor::LossGuard;
+use drift::CurveDrift;
+
+mod drift;
 
 /// Rounds without a sent draft after which a round sends a single draft anyway (a probe).
 pub const PROBE_EVERY: usize = 16;
@@ -199,6 +207,8 @@ struct Learnt {
     idle: bool,
     /// The wait between probes it had reached.
     probe_every: usize,
+    /// What its verify calls said about the cost curve.
+    drift: CurveDrift,
 }
 
 /// What earlier generations learnt about one drafter, shared by the generations that use it (one
@@ -231,6 +241,11 @@ fn confidence(confidences: &[f32], i: usize) -> f64 {
 /// The per-generation state of the cost-aware policy.
 #[derive(Debug, Clone)]
 pub(crate) struct LengthPicker {
+    /// The curve as measured (at start-up or from the cache).
+    measured: CostCurve,
+    /// What the generation's own verify calls say about it, and the curve corrected by them: the
+    /// one every decision and the floor's books use.
+    drift: CurveDrift,
     curve: CostCurve,
     /// Accepted drafts and the confidence the drafter put on the judged drafts, both decayed.
     hits: f64,
@@ -258,8 +273,11 @@ impl LengthPicker {
     /// A picker for a new generation, starting from what `memory` holds (the prior when empty).
     pub(crate) fn new(curve: CostCurve, memory: Option<&PolicyMemory>) -> Self {
         let learnt = memory.and_then(PolicyMemory::recall);
+        let drift = learnt.map_or_else(|| CurveDrift::new(&curve), |l| l.drift);
         Self {
-            curve,
+            curve: drift.apply(&curve),
+            measured: curve,
+            drift,
             hits: PRIOR_RATE * PRIOR_WEIGHT,
             predicted: PRIOR_RATE * PRIOR_WEIGHT,
             idle_rounds: if learnt.is_some_and(|l| l.idle) { SKIP_AFTER } else { 0 },
@@ -278,6 +296,7 @@ impl LengthPicker {
             drafter_cost: self.drafter_cost,
             idle: self.idle_rounds >= SKIP_AFTER,
             probe_every: self.probe_every,
+            drift: self.drift,
         });
     }
 
@@ -341,10 +360,19 @@ impl LengthPicker {
         }
     }
 
-    /// Learns what the other sessions put into the decode call that served this round, from the
-    /// call's `batch` and this session's own part of it: `sent` drafts, `accepted` of them. A
+    /// The factor the generation's verify calls put on a block's excess over a plain step (1: the
+    /// measured curve holds).
+    pub(crate) fn cost_scale(&self) -> f64 {
+        self.drift.scale()
+    }
+
+    /// Learns from the decode call that served this round, which took `seconds`: what the other
+    /// sessions put into it, from the call's `batch` and this session's own part of it (`sent`
+    /// drafts, `accepted` of them), and, when it served this session alone, what a block costs. A
     /// verdict without a batch (a verifier that does not report one) counts as alone.
-    pub(crate) fn observe_batch(&mut self, batch: BatchShare, sent: usize, accepted: usize) {
+    pub(crate) fn observe_call(&mut self, batch: BatchShare, sent: usize, accepted: usize, seconds: f64) {
+        self.drift.observe(&self.measured, batch, sent, seconds);
+        self.curve = self.drift.apply(&self.measured);
         let rows = batch.rows.saturating_sub(sent + 1) as f64;
         let gained = batch.gained.saturating_sub(accepted + 1) as f64;
         self.others = OtherLoad {

@@ -214,13 +214,14 @@ pub fn generate(
         stats.draft_lengths.push(draft.tokens.len());
         if draft.tokens.is_empty() {
             let verdict = session.step()?;
+            let seconds = t.elapsed().as_secs_f64();
             features.extend_from_slice(&verdict.features);
             pending = verdict.choices;
             stats.accepted_lengths.push(0);
             previous = None;
             if let Some(p) = picker.as_mut() {
                 p.observe(&[], 0, 0);
-                p.observe_batch(verdict.batch, 0, 0);
+                p.observe_call(verdict.batch, 0, 0, seconds);
             }
             stats.batch_blocks += verdict.batch.blocks.max(1);
         } else {
@@ -229,9 +230,10 @@ pub fn generate(
             } else {
                 session.verify_with(&draft.tokens, &draft.dists)?
             };
+            let seconds = t.elapsed().as_secs_f64();
             if let Some(p) = picker.as_mut() {
                 p.observe(&draft.confidences, draft.tokens.len(), verdict.accepted);
-                p.observe_batch(verdict.batch, draft.tokens.len(), verdict.accepted);
+                p.observe_call(verdict.batch, draft.tokens.len(), verdict.accepted, seconds);
             }
             stats.batch_blocks += verdict.batch.blocks.max(1);
             features.extend_from_slice(&verdict.features);
@@ -246,11 +248,16 @@ pub fn generate(
             // The accepted drafts are the verifier's own choices at those positions.
             pending = verdict.choices;
         }
-        stats.verifier_s += t.elapsed().as_secs_f64();
+        let seconds = t.elapsed().as_secs_f64();
+        stats.verifier_s += seconds;
+        stats.round_s.push(seconds);
     }
 
-    if let (Some(p), Some(memory)) = (&picker, &params.policy_memory) {
-        p.remember(memory);
+    if let Some(p) = &picker {
+        stats.cost_scale = Some(p.cost_scale());
+        if let Some(memory) = &params.policy_memory {
+            p.remember(memory);
+        }
     }
     stats.finish(started.elapsed().as_secs_f64(), out.tokens.len());
     let stop = out.stop.unwrap_or(StopReason::MaxTokens);

@@ -32,8 +32,14 @@ pub struct Stats {
     /// Draft lengths the drafter offered, one per round (0 when it found nothing or was not asked);
     /// the cost-aware policy sends a prefix of each.
     pub offered_lengths: Vec<usize>,
-    /// The verifier's cost curve c(k) the cost-aware policy used (empty with a fixed block).
+    /// The verifier's cost curve c(k) the cost-aware policy started from (empty with a fixed block).
     pub cost_curve: Vec<f64>,
+    /// The factor the generation's own verify calls put on a block's excess over a plain step,
+    /// c'(k) = 1 + s (c(k) − 1), by the end (`None` without the cost-aware policy): above 1 when
+    /// blocks cost more than `cost_curve` says.
+    pub cost_scale: Option<f64>,
+    /// Verifier time of each round, in seconds.
+    pub round_s: Vec<f64>,
     /// Draft tokens accepted, one per round.
     pub accepted_lengths: Vec<usize>,
     /// Drafter failures that fell back to an AR step.

@@ -24,8 +24,8 @@ pub enum Event {
         /// The tokens accepted in this step (up to the one that completed a stop string).
         tokens: Vec<TokenId>,
     },
-    /// The generation ended normally.
-    Finished(Finished),
+    /// The generation ended normally (boxed: its statistics are large beside the other events).
+    Finished(Box<Finished>),
     /// The generation failed; nothing follows.
     Error(ServiceError),
 }

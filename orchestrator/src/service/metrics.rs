@@ -22,6 +22,10 @@ pub const DRAFTER_STEP: &str = "duet_drafter_step_seconds";
 pub const DRAFTER_FALLBACKS: &str = "duet_drafter_fallbacks_total";
 /// Wall time of one verifier round (AR step or block verification), in seconds (histogram).
 pub const VERIFIER_STEP: &str = "duet_verifier_step_seconds";
+/// The factor by which the last finished generation's own verify calls found a block's cost over a
+/// plain step above (> 1) or below (< 1) the cost curve measured at start-up (gauge, by drafter;
+/// cost-aware hybrid generations only).
+pub const COST_SCALE: &str = "duet_cost_scale_ratio";
 /// Generations holding a session now (gauge).
 pub const SESSIONS_IN_FLIGHT: &str = "duet_sessions_in_flight";
 /// Generations waiting for a session (gauge).

@@ -271,7 +271,7 @@ impl GenerationStream {
                     text.push_str(&t);
                     tokens.extend_from_slice(&k);
                 }
-                Event::Finished(finished) => return Ok(Completion { text, tokens, finished }),
+                Event::Finished(finished) => return Ok(Completion { text, tokens, finished: *finished }),
                 Event::Error(e) => return Err(e),
             }
         }

@@ -35,7 +35,7 @@ fn run(svc: &GenerationService, req: GenerationRequest) -> (String, Finished) {
     assert!(matches!(ev.first(), Some(Event::Started { .. })), "{ev:?}");
     let text: String = ev.iter().filter_map(|e| if let Event::Delta { text, .. } = e { Some(text.as_str()) } else { None }).collect();
     match ev.last() {
-        Some(Event::Finished(f)) => (text, f.clone()),
+        Some(Event::Finished(f)) => (text, (**f).clone()),
         other => panic!("expected Finished, got {other:?}"),
     }
 }

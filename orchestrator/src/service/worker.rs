@@ -119,7 +119,7 @@ pub(crate) fn serve(backend: Arc<dyn Backend>, jobs: Arc<Mutex<Receiver<Job>>>, 
         let label = match outcome {
             Ok(Ok(Some(finished))) => {
                 let label = reason_label(finished.reason);
-                let _ = events.send(Event::Finished(finished));
+                let _ = events.send(Event::Finished(Box::new(finished)));
                 label
             }
             Ok(Ok(None)) => {
@@ -265,6 +265,9 @@ fn run(backend: &dyn Backend, job: &Job) -> Result<Option<Finished>, ServiceErro
                     StopReason::ContextFull => FinishReason::ContextFull,
                 }
             };
+            if let Some(scale) = generation.stats.cost_scale {
+                metrics::gauge!(m::COST_SCALE, "drafter" => label).set(scale);
+            }
             (reason, generation.stats)
         }
         Err(EngineError::Cancelled) if out.stopped => {

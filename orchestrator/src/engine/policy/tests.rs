@@ -62,16 +62,16 @@ fn the_picker_learns_the_other_sessions_load_from_its_verdicts() {
     let mut alone = LengthPicker::new(facts_curve(), None);
     let mut shared = alone.clone();
     for _ in 0..6 {
-        alone.observe_batch(BatchShare { blocks: 1, rows: 1, gained: 1 }, 0, 0);
+        alone.observe_call(BatchShare { blocks: 1, rows: 1, gained: 1 }, 0, 0, 0.0);
         // Four sessions in each call: this one's plain step and three others' plain steps.
-        shared.observe_batch(BatchShare { blocks: 4, rows: 4, gained: 4 }, 0, 0);
+        shared.observe_call(BatchShare { blocks: 4, rows: 4, gained: 4 }, 0, 0, 0.0);
     }
     assert!((shared.others.rows - 3.0).abs() < 0.1, "{:?}", shared.others);
     assert_eq!(alone.others, OtherLoad::ALONE);
     assert!(alone.choose(&[0.6; 8], 8, 0.0) > 0);
     assert_eq!(shared.choose(&[0.6; 8], 8, 0.0), 0);
     // A verifier that reports no batch leaves the session alone.
-    shared.observe_batch(BatchShare::default(), 0, 0);
+    shared.observe_call(BatchShare::default(), 0, 0, 0.0);
     assert!(shared.others.rows < 3.0);
 }
 
@@ -276,4 +276,31 @@ fn an_expensive_drafter_that_does_not_pay_is_skipped_between_probes() {
         let k = cheap.choose(&[0.01; 8], 8, 0.0);
         cheap.observe(&[0.01; 8], k, 0);
     }
+}
+
+#[test]
+fn blocks_that_cost_more_than_the_curve_says_stop_being_sent() {
+    // The EPYC host's curve, 45 ms a step; drafts a long copy would offer.
+    let step = 0.045;
+    let c = [1.0, 2.02, 2.47, 2.99, 3.55, 4.68, 5.78];
+    let curve = CostCurve::from_times(&[0, 1, 2, 3, 4, 6, 8], &c.map(|x| x * step)).expect("curve");
+    let alone = BatchShare { blocks: 1, rows: 4, gained: 4 };
+    let mut p = LengthPicker::new(curve, None);
+    // Two accepted blocks of 3 bank enough for the floor to allow another.
+    for _ in 0..2 {
+        p.observe(&[0.85; 3], 3, 3);
+    }
+    assert!(p.choose(&[0.85; 8], 8, 0.0) >= 3, "by the measured curve a sure copy pays");
+    // Its blocks of 3 take 4.2 steps each, as the edit that fell to 0.91× found.
+    for _ in 0..4 {
+        p.observe_call(BatchShare { rows: 1, gained: 1, ..alone }, 0, 0, step);
+        p.observe_call(alone, 3, 3, 4.2 * step);
+    }
+    assert!(p.cost_scale() > 1.4, "{}", p.cost_scale());
+    assert_eq!(p.choose(&[0.85; 8], 8, 0.0), 0, "by the corrected one it does not");
+    // The correction outlives the generation.
+    let memory = PolicyMemory::new();
+    p.remember(&memory);
+    let next = LengthPicker::new(p.measured.clone(), Some(&memory));
+    assert_eq!(next.cost_scale(), p.cost_scale());
 }
