@@ -3,11 +3,14 @@
 //! (k = 0). Speculation pays only where τ exceeds c(k), so this curve is what a draft-length policy
 //! needs to know about the machine.
 
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use duet_verifier::{TokenId, Verifier};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::CostCurve;
 
 use super::metrics::percentile;
 
@@ -59,4 +62,56 @@ pub fn measure(verifier: &Verifier, context: &[TokenId], ks: &[usize], reps: usi
         .zip(&medians)
         .map(|(&k, &median_s)| CostPoint { k, median_s, c: base.map_or(f64::NAN, |b| median_s / b), reps })
         .collect())
+}
+
+/// Reads the curve `--draft-curve` names: a JSON object `{"step_s": …, "costs": [c(0), c(1), …]}`,
+/// or what `duet models costs --json` prints (the curve in its `curve` field).
+pub fn read_curve(path: &Path) -> anyhow::Result<CostCurve> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading --draft-curve {}", path.display()))?;
+    parse_curve(&text).with_context(|| format!("--draft-curve {}", path.display()))
+}
+
+fn parse_curve(text: &str) -> anyhow::Result<CostCurve> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum File {
+        Report { curve: CostCurve },
+        Bare(CostCurve),
+    }
+    let curve = match serde_json::from_str::<File>(text) {
+        Ok(File::Report { curve } | File::Bare(curve)) => curve,
+        Err(_) => bail!("expected a JSON object with `step_s` (seconds) and `costs` (c(0) = 1, c(1), …), or `duet models costs --json` output"),
+    };
+    if !(curve.step_s.is_finite() && curve.step_s > 0.0) {
+        bail!("`step_s` must be a positive number of seconds, got {}", curve.step_s);
+    }
+    if curve.costs.first() != Some(&1.0) {
+        let first = curve.costs.first().map_or_else(|| "an empty list".to_string(), |c| c.to_string());
+        bail!("`costs` must start with c(0) = 1 (a plain step), got {first}");
+    }
+    let sizes: Vec<usize> = (0..curve.costs.len()).collect();
+    let times: Vec<f64> = curve.costs.iter().map(|c| c * curve.step_s).collect();
+    CostCurve::from_times(&sizes, &times).map_err(|e| anyhow::anyhow!("`costs`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_draft_curve_is_read_bare_or_from_the_costs_report_and_checked() {
+        let bare = parse_curve(r#"{"step_s": 0.045, "costs": [1.0, 1.5, 2.0]}"#).expect("bare");
+        assert!((bare.cost(1) - 1.5).abs() < 1e-9 && (bare.cost(2) - 2.0).abs() < 1e-9, "{:?}", bare.costs);
+        let report = parse_curve(r#"{"model": "m", "curve": {"step_s": 0.045, "costs": [1.0, 1.5]}, "batch_invariant": true}"#);
+        assert_eq!(report.expect("report").max_len(), 1);
+        for (bad, field) in [
+            (r#"{"step_s": 0, "costs": [1.0, 1.5]}"#, "step_s"),
+            (r#"{"step_s": 0.04, "costs": [2.0, 3.0]}"#, "costs"),
+            (r#"{"step_s": 0.04, "costs": [1.0, -1.0]}"#, "costs"),
+            (r#"[1, 2]"#, "step_s"),
+        ] {
+            let e = parse_curve(bad).expect_err(bad).to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+    }
 }

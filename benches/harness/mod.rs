@@ -111,6 +111,11 @@ pub struct BenchArgs {
     /// this run measures (none when a plain step pays better); `fixed` sends everything proposed.
     #[arg(long, value_enum, default_value_t = DraftLength::CostAware)]
     pub draft_length: DraftLength,
+    /// Draft by this cost curve instead of the one the run measures (which is still measured and
+    /// reported): a JSON file `{"step_s": …, "costs": [1, c(1), …]}` or `duet models costs --json`
+    /// output. Shows how the policy copes with a stale curve, or replays an older run's.
+    #[arg(long, value_name = "FILE", conflicts_with = "server_only")]
+    pub draft_curve: Option<PathBuf>,
     /// Also measure through a running `duet serve` at this base URL (e.g. http://127.0.0.1:8080):
     /// `POST /v1/completions`, streamed. The server should run the same models and threads.
     #[arg(long, value_name = "URL")]
@@ -179,6 +184,9 @@ fn checked(args: &BenchArgs) -> anyhow::Result<(Vec<BenchMode>, Vec<usize>)> {
     }
     if !(1..=MAX_REPEATS).contains(&args.repeats) {
         bail!("`--repeats` must be between 1 and {MAX_REPEATS}, got {}", args.repeats);
+    }
+    if args.draft_curve.is_some() && args.draft_length != DraftLength::CostAware {
+        bail!("`--draft-curve` is the curve of the cost-aware draft length; it needs `--draft-length cost-aware`");
     }
     if let Some(k) = args.cost_ks.iter().flatten().find(|&&k| k > crate::engine::MAX_BLOCK_SIZE) {
         bail!("`--cost-ks` values must be at most {}, got {k}", crate::engine::MAX_BLOCK_SIZE);
@@ -309,6 +317,7 @@ pub fn verdict(mismatches: &[Mismatch], out: &Path) -> anyhow::Result<()> {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (modes, levels) = checked(&args)?;
     let suite_lines = read_suites(&args)?;
+    let draft_curve = args.draft_curve.as_deref().map(cost::read_curve).transpose()?;
     let mut machine = Machine::detect();
     let started_utc = report::utc_now();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating --out {}", args.out.display()))?;
@@ -389,7 +398,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if in_process && args.draft_length == DraftLength::CostAware {
         let ks: Vec<usize> = cost_curve.iter().map(|p| p.k).collect();
         let times: Vec<f64> = cost_curve.iter().map(|p| p.median_s).collect();
-        let curve = crate::engine::CostCurve::from_times(&ks, &times).map_err(|e| anyhow::anyhow!("the measured cost curve: {e}"))?;
+        let measured = crate::engine::CostCurve::from_times(&ks, &times).map_err(|e| anyhow::anyhow!("the measured cost curve: {e}"))?;
+        let curve = draft_curve.unwrap_or(measured);
         models.draft_policy = crate::engine::DraftPolicy::CostAware(curve);
     }
 
@@ -497,6 +507,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             kv_cache: args.models.kv_cache.to_string(),
             block_size: args.block_size,
             draft_length: args.draft_length,
+            draft_curve: args.draft_curve.as_ref().map(|p| p.display().to_string()),
             pairing: args.pairing,
             hop_prompts: hop_plan.prompts(),
             quick: args.quick,

@@ -113,6 +113,8 @@ pub struct RunConfig {
     pub block_size: usize,
     /// How hybrid rounds chose their draft length.
     pub draft_length: super::DraftLength,
+    /// The cost curve file the hybrid modes drafted by instead of the measured one (`--draft-curve`).
+    pub draft_curve: Option<String>,
     /// How the modes of a prompt shared the machine at concurrency 1.
     pub pairing: super::Pairing,
     /// Prompts of the first suite in the network-hop measurement (`--hops`; 0: not measured).
@@ -249,6 +251,9 @@ pub fn markdown(r: &Report) -> String {
         let points: Vec<String> = r.cost_curve.iter().map(|p| format!("c({})={:.2}", p.k, p.c)).collect();
         let step = r.cost_curve.iter().find(|p| p.k == 0).map_or(0.0, |p| p.median_s);
         let _ = writeln!(o, "\nVerifier cost curve (time of verifying k drafts / one step of {} ms): {}", ms(step), points.join(", "));
+    }
+    if let Some(f) = &c.draft_curve {
+        let _ = writeln!(o, "\nThe hybrid modes drafted by the curve in {f} (`--draft-curve`), not by the one measured above.");
     }
     if let Some(n) = &r.prefill_spread {
         let _ = writeln!(
