@@ -1,22 +1,26 @@
-//! Lockstep pairing: every mode of a prompt runs at once, the generations taking turns round by
-//! round, each timed by its own turns only.
+//! Lockstep pairing: every mode of a prompt group runs at once, the modes taking turns round by
+//! round, each generation timed by its own mode's turns only.
 //!
 //! The speed of a shared 2-core VM drifts: eight identical greedy generations in a row, nothing
 //! else running and no steal time, took 7.0 to 9.2 s for the same prompt's prefill. Modes measured
 //! one after another meet different speeds, and the drift reaches the comparison prompt by prompt
-//! (best of 3 still left identical prefills 25% apart). The drift is slow next to one round
+//! (best of 3 still left identical prefills 25% apart; at concurrency 4, identical work took 28%
+//! longer per decode call in one mode's run than in the next). The drift is slow next to one round
 //! (~0.1 s), so modes whose rounds alternate meet the same speed and the ratio of their own times
 //! cancels most of it: measured decoding phases then stay within ~4% (sd) of what the cost curve
 //! predicts from the rounds each mode ran. A prompt's evaluation, a few one-second chunks of
 //! compute, keeps more of the noise (the report prints its spread as the run's noise floor).
 //!
-//! Only one generation computes at any moment: the others wait for their turn with their clocks
-//! paused, so each still decodes alone (batches of one session, the numerics of concurrency 1),
-//! and the verifier's gather window is zero meanwhile, since waiting for a session that is not
-//! computing would only add to every step.
+//! Only one mode computes at any moment. At concurrency 1 its one generation decodes alone
+//! (batches of one session, the numerics of concurrency 1) and the verifier's gather window is zero
+//! meanwhile, since waiting for a session that is not computing would only add to every step. At
+//! concurrency c a mode's turn is one verifier call from each of its c generations, started
+//! together, so their steps and blocks meet in shared decode calls as they do when c requests are
+//! served at once; the turn ends when the last of them has its answer, and the time a generation
+//! waits for its own group's slower calls counts, as it would in service.
 
 use std::sync::{Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use duet_verifier::{SamplingParams, SparseDist, TokenId, Verdict, VerifierError};
 
@@ -25,7 +29,13 @@ use super::runner::{Models, PreparedPrompt};
 use super::sample::Sample;
 use crate::engine::VerifierSession;
 
-/// Whose turn it is among a group of generations.
+/// Whether a lockstep run of groups of `concurrency` prompts in `modes` modes fits the verifier,
+/// which holds every one of their sessions at once.
+pub fn fits(concurrency: usize, modes: usize) -> bool {
+    concurrency * modes <= duet_verifier::config::MAX_SESSIONS as usize
+}
+
+/// Whose turn it is among groups of generations (one group per mode).
 #[derive(Debug)]
 pub struct Turns {
     state: Mutex<State>,
@@ -34,42 +44,75 @@ pub struct Turns {
 
 #[derive(Debug)]
 struct State {
+    /// The group whose turn it is.
     current: usize,
-    /// Generations that ended and take no more turns.
-    done: Vec<bool>,
+    groups: Vec<Group>,
+}
+
+#[derive(Debug)]
+struct Group {
+    /// Members still generating.
+    live: usize,
+    /// Members done with the current turn.
+    arrived: usize,
+    /// Turns begun so far.
+    turn: u64,
+    /// When the group's last turn ended and when its current one began: the others' time between.
+    ended: Instant,
+    began: Instant,
 }
 
 impl Turns {
-    /// Turns for `n` generations; the first goes first.
-    pub fn new(n: usize) -> Self {
-        Self { state: Mutex::new(State { current: 0, done: vec![false; n] }), changed: Condvar::new() }
+    /// Turns for groups of these sizes; the first group goes first.
+    pub fn new(sizes: &[usize]) -> Self {
+        let now = Instant::now();
+        let groups = sizes
+            .iter()
+            .enumerate()
+            .map(|(g, &live)| Group { live, arrived: 0, turn: u64::from(g == 0), ended: now, began: now })
+            .collect();
+        Self { state: Mutex::new(State { current: 0, groups }), changed: Condvar::new() }
     }
 
-    /// Generation `me`'s place in the turns; it leaves them when the seat is dropped.
-    pub fn seat(&self, me: usize) -> Seat<'_> {
-        Seat { turns: self, me }
+    /// A member's place in group `group`'s turns; it leaves them when the seat is dropped.
+    pub fn seat(&self, group: usize) -> Seat<'_> {
+        Seat { turns: self, group, seen: std::cell::Cell::new(0) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn wait_for(&self, me: usize) {
+    /// Blocks until group `g` begins a turn after `seen`; returns that turn and the time the
+    /// others held the machine since `g`'s previous turn ended.
+    fn wait_for(&self, g: usize, seen: u64) -> (u64, Duration) {
         let mut s = self.lock();
-        while s.current != me {
+        while !(s.current == g && s.groups[g].turn > seen) {
             s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
+        let group = &s.groups[g];
+        (group.turn, group.began.saturating_duration_since(group.ended))
     }
 
-    /// Gives the turn to the next generation after `me` that has not ended (back to `me` if none).
-    fn pass(&self, me: usize, leaving: bool) {
+    /// Records that a member of `g` is done with this turn (`leaving`: and with every turn), and
+    /// hands the turn to the next group with members left once all of `g`'s are done.
+    fn arrive(&self, g: usize, leaving: bool) {
         let mut s = self.lock();
+        let group = &mut s.groups[g];
         if leaving {
-            s.done[me] = true;
+            group.live -= 1;
+        } else {
+            group.arrived += 1;
         }
-        if s.current == me {
-            let n = s.done.len();
-            s.current = (1..=n).map(|i| (me + i) % n).find(|&j| !s.done[j]).unwrap_or(me);
+        if s.current == g && s.groups[g].arrived >= s.groups[g].live {
+            let now = Instant::now();
+            let n = s.groups.len();
+            s.groups[g].arrived = 0;
+            s.groups[g].ended = now;
+            let next = (1..=n).map(|i| (g + i) % n).find(|&j| s.groups[j].live > 0).unwrap_or(g);
+            s.current = next;
+            s.groups[next].turn += 1;
+            s.groups[next].began = now;
         }
         drop(s);
         self.changed.notify_all();
@@ -80,25 +123,31 @@ impl Turns {
 #[derive(Debug)]
 pub struct Seat<'a> {
     turns: &'a Turns,
-    me: usize,
+    group: usize,
+    /// The last turn this member took part in.
+    seen: std::cell::Cell<u64>,
 }
 
 impl Seat<'_> {
-    /// Blocks until it is this generation's turn.
+    /// Blocks until this generation's group has its (next) turn.
     pub fn wait(&self) {
-        self.turns.wait_for(self.me);
+        let (turn, _) = self.turns.wait_for(self.group, self.seen.get());
+        self.seen.set(turn);
     }
 
-    /// Ends this generation's turn and blocks until its next one.
-    pub fn take_turns(&self) {
-        self.turns.pass(self.me, false);
-        self.wait();
+    /// Ends this generation's part of the turn and blocks until its group's next one; returns the
+    /// time the other groups held the machine meanwhile (not the time it waited for its own group).
+    pub fn take_turns(&self) -> Duration {
+        self.turns.arrive(self.group, false);
+        let (turn, away) = self.turns.wait_for(self.group, self.seen.get());
+        self.seen.set(turn);
+        away
     }
 }
 
 impl Drop for Seat<'_> {
     fn drop(&mut self) {
-        self.turns.pass(self.me, true);
+        self.turns.arrive(self.group, true);
     }
 }
 
@@ -171,32 +220,39 @@ impl Drop for WindowGuard<'_> {
     }
 }
 
-/// Generates `prompt` in every mode of `modes` in lockstep; returns one sample per mode, in order.
-pub fn run(models: &Models, modes: &[BenchMode], prompt: &PreparedPrompt, block_size: usize) -> anyhow::Result<Vec<Sample>> {
-    let _window = {
+/// Generates every prompt of `group` in every mode of `modes` in lockstep, the modes taking turns;
+/// returns, per mode in order, one sample per prompt in order.
+pub fn run(models: &Models, modes: &[BenchMode], group: &[&PreparedPrompt], block_size: usize) -> anyhow::Result<Vec<Vec<Sample>>> {
+    let _window = (group.len() == 1).then(|| {
         let old = models.verifier.gather_window();
         models.verifier.set_gather_window(Duration::ZERO);
         WindowGuard { verifier: &models.verifier, old }
-    };
-    let turns = Turns::new(modes.len());
+    });
+    let turns = Turns::new(&vec![group.len(); modes.len()]);
     let turns = &turns;
-    let results: Vec<anyhow::Result<Sample>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = modes
+    let concurrency = group.len();
+    let results: Vec<Vec<anyhow::Result<Sample>>> = std::thread::scope(|scope| {
+        let handles: Vec<Vec<_>> = modes
             .iter()
             .enumerate()
             .map(|(m, &mode)| {
-                scope.spawn(move || {
-                    let seat = turns.seat(m);
-                    models.sample(mode, prompt, block_size, 1, Some(&seat))
-                })
+                group
+                    .iter()
+                    .map(|&prompt| {
+                        scope.spawn(move || {
+                            let seat = turns.seat(m);
+                            models.sample(mode, prompt, block_size, concurrency, Some(&seat))
+                        })
+                    })
+                    .collect()
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a generation thread panicked"))))
+            .map(|hs| hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a generation thread panicked")))).collect())
             .collect()
     });
-    results.into_iter().collect()
+    results.into_iter().map(|r| r.into_iter().collect()).collect()
 }
 
 #[cfg(test)]
@@ -208,7 +264,7 @@ mod tests {
 
     #[test]
     fn generations_in_lockstep_alternate_and_the_rest_go_on_when_one_ends() {
-        let turns = Turns::new(3);
+        let turns = Turns::new(&[1, 1, 1]);
         let log = Arc::new(Mutex::new(Vec::new()));
         std::thread::scope(|scope| {
             for (me, rounds) in [(0usize, 3usize), (1, 1), (2, 2)] {
@@ -227,5 +283,43 @@ mod tests {
         });
         // Round robin while all run; 1 ends after its first round, 2 after its second, 0 goes on alone.
         assert_eq!(*log.lock().unwrap(), vec![0, 1, 2, 0, 2, 0]);
+    }
+
+    #[test]
+    fn a_group_takes_its_turn_together_and_counts_only_the_other_groups_time() {
+        // Group 0: a member that finishes its part at once and one that takes 200 ms; group 1: two
+        // members that take 20 ms. Each member runs two rounds.
+        let turns = Turns::new(&[2, 2]);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let aways = Arc::new(Mutex::new(Vec::new()));
+        std::thread::scope(|scope| {
+            for (group, member, work_ms) in [(0usize, 0usize, 0u64), (0, 1, 200), (1, 0, 20), (1, 1, 20)] {
+                let (turns, log, aways) = (&turns, log.clone(), aways.clone());
+                scope.spawn(move || {
+                    let seat = turns.seat(group);
+                    seat.wait();
+                    for round in 0..2 {
+                        log.lock().unwrap().push((round, group));
+                        std::thread::sleep(Duration::from_millis(work_ms));
+                        if round == 0 {
+                            let away = seat.take_turns();
+                            aways.lock().unwrap().push((group, member, away));
+                        }
+                    }
+                });
+            }
+        });
+        // Both members of a group run in each of its turns, before the other group's.
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log, vec![(0, 0), (0, 0), (0, 1), (0, 1), (1, 0), (1, 0), (1, 1), (1, 1)]);
+        for &(group, member, away) in aways.lock().unwrap().iter() {
+            if group == 0 {
+                // Group 1's 20 ms count as away; the 200 ms group 0 spent on its slow member do not.
+                assert!(away >= Duration::from_millis(20) && away < Duration::from_millis(200), "member {member}: {away:?}");
+            } else {
+                // Group 0's second turn ends when its slow member's 200 ms are over.
+                assert!(away >= Duration::from_millis(200), "group 1 member {member}: {away:?}");
+            }
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! network hops of a split deployment add per round (`--hops`).
 //!
 //! Fairness: every model loads once and serves every mode; prompts run in groups of `concurrency`,
-//! and each group runs every mode back to back (ar first), so drift on the machine reaches all modes
+//! and the modes of a group take turns round by round ([`lockstep`]; with `--pairing sequential` or
+//! through a server, they run back to back, ar first), so drift on the machine reaches all modes
 //! alike. Every mode is warmed up once before measuring.
 //!
 //! Truth: every greedy hybrid output is compared with `ar`'s on the same prompt; any difference is
@@ -93,10 +94,11 @@ pub struct BenchArgs {
     /// produce the same output as the first, or the bench fails.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
-    /// How the modes of a prompt share the machine at concurrency 1 (in process): `lockstep` runs
-    /// them at once, taking turns round by round, each timed by its own turns, so that they meet
-    /// the same machine speed; `sequential` runs them one after another. Higher levels always run
-    /// the modes one after another.
+    /// How the modes of a prompt group share the machine (in process): `lockstep` runs them at
+    /// once, taking turns round by round (at concurrency c, a turn is one round of the mode's c
+    /// generations, which share decode calls), each timed by its own turns, so that they meet the
+    /// same machine speed; `sequential` runs them one after another. A level whose groups would hold
+    /// more verifier sessions than it allows (concurrency × modes > 64) runs sequentially.
     #[arg(long, value_enum, default_value_t = Pairing::Lockstep)]
     pub pairing: Pairing,
     /// Most tokens per prompt (1 to 65536); a suite line's smaller `max_tokens` still applies
@@ -150,7 +152,7 @@ pub enum DraftLength {
     Fixed,
 }
 
-/// How the modes of one prompt share the machine at concurrency 1.
+/// How the modes of one prompt group share the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Pairing {
@@ -323,9 +325,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating --out {}", args.out.display()))?;
     let in_process = !args.server_only;
     let mut sessions = *levels.last().unwrap_or(&1) as u32;
-    if args.pairing == Pairing::Lockstep && levels.contains(&1) {
-        // Every mode of a prompt holds a session at once.
-        sessions = sessions.max(modes.len() as u32);
+    if args.pairing == Pairing::Lockstep {
+        // Every mode of a prompt group holds its sessions at once.
+        let most = levels.iter().filter(|&&c| lockstep::fits(c, modes.len())).map(|&c| c * modes.len()).max();
+        sessions = sessions.max(most.unwrap_or(0) as u32);
     }
     let (mut models, skipped) = load_models(&args, &modes, sessions, in_process)?;
     let modes: Vec<BenchMode> = modes.into_iter().filter(|m| !skipped.iter().any(|s| s.mode == *m)).collect();
@@ -421,20 +424,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                         });
                         Ok(())
                     };
-                    let in_lockstep = args.pairing == Pairing::Lockstep && transport == Transport::InProcess && conc == 1;
+                    let in_lockstep = args.pairing == Pairing::Lockstep && transport == Transport::InProcess && lockstep::fits(conc, modes.len());
                     for rep in 0..args.repeats {
                         let run = if args.repeats > 1 { format!(" run {}/{}", rep + 1, args.repeats) } else { String::new() };
                         if in_lockstep {
-                            let msg = format!("{} c{conc} {} prompt {}/{} all modes in lockstep{run}", transport.label(), s.name, g + 1, s.prompts.len());
+                            let what = if conc == 1 { format!("prompt {}/{}", g + 1, s.prompts.len()) } else { format!("group {}/{}", g + 1, s.prompts.len().div_ceil(conc)) };
+                            let msg = format!("{} c{conc} {} {what} all modes in lockstep{run}", transport.label(), s.name);
                             if bar.is_hidden() {
                                 eprintln!("[bench] {msg}");
                             }
                             bar.set_message(msg);
-                            let got = lockstep::run(&models, &modes, group[0], args.block_size)?;
-                            bar.inc(modes.len() as u64);
-                            for (m, sample) in got.into_iter().enumerate() {
-                                let wall = sample.e2e_s;
-                                keep(m, vec![sample], wall)?;
+                            let got = lockstep::run(&models, &modes, &group, args.block_size)?;
+                            bar.inc((modes.len() * group.len()) as u64);
+                            for (m, samples) in got.into_iter().enumerate() {
+                                // The group's own time: its generations' clocks all start on its first turn.
+                                let wall = samples.iter().map(|x| x.e2e_s).fold(0.0, f64::max);
+                                keep(m, samples, wall)?;
                             }
                             continue;
                         }
@@ -488,7 +493,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     bar.finish_and_clear();
-    machine.finish();
+    machine.finish(args.models.threads.unwrap_or_else(duet_verifier::config::default_threads));
 
     let summaries = summarize(&samples, &walls);
     let mismatches = check_lossless(&samples);

@@ -24,9 +24,11 @@ pub struct Machine {
     pub memory_gib: f64,
     /// Operating system.
     pub os: String,
-    /// 1-minute load average when the run started and ended: above the core count, other work
-    /// shared the CPU and the timings are noise.
+    /// 1-minute load average when the run started and ended. The end's includes the run's own
+    /// compute threads; see [`Machine::was_busy`].
     pub load_average: [Option<f64>; 2],
+    /// The run's own compute threads (the verifier's), counted in the load average at the end.
+    pub own_threads: u32,
 }
 
 impl Machine {
@@ -47,17 +49,25 @@ impl Machine {
             memory_gib: (kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
             os: field(&read("/etc/os-release"), "PRETTY_NAME").unwrap_or_else(|| std::env::consts::OS.to_string()),
             load_average: [load_average(), None],
+            own_threads: 0,
         }
     }
 
-    /// Records the load average at the end of the run.
-    pub fn finish(&mut self) {
+    /// Records the load average at the end of a run that computed on `own_threads` threads.
+    pub fn finish(&mut self, own_threads: u32) {
         self.load_average[1] = load_average();
+        self.own_threads = own_threads;
     }
 
-    /// Whether the load average exceeded the core count at either end of the run.
+    /// Whether other work shared the CPU: the load average exceeded the core count when the run
+    /// started, or, at the end, what the run's own threads do not explain kept more than half the
+    /// cores busy. (A run on every core of a 2-core machine ends near 2 by itself; counting that
+    /// as busy flagged every quiet run.)
     pub fn was_busy(&self) -> bool {
-        self.load_average.iter().flatten().any(|&l| l > self.cores as f64)
+        let cores = self.cores as f64;
+        let start = self.load_average[0].is_some_and(|l| l > cores);
+        let end = self.load_average[1].is_some_and(|l| l - f64::from(self.own_threads) > 0.5 * cores);
+        start || end
     }
 }
 
@@ -191,7 +201,7 @@ pub fn markdown(r: &Report) -> String {
             super::DraftLength::Fixed => "fixed draft length",
         },
         match c.pairing {
-            super::Pairing::Lockstep => "at concurrency 1 the modes run in lockstep, timed by their own turns",
+            super::Pairing::Lockstep => "the modes of a prompt group run in lockstep, timed by their own turns",
             super::Pairing::Sequential => "the modes run one after another",
         },
         c.started_utc,
@@ -329,5 +339,22 @@ mod tests {
         assert_eq!(utc_from_unix(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc_from_unix(1_700_000_000), "2023-11-14 22:13:20 UTC");
         assert_eq!(utc_from_unix(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn a_run_is_busy_when_other_work_loads_the_cpu_not_when_its_own_threads_do() {
+        let machine = |start: f64, end: f64| Machine {
+            cpu: String::new(),
+            cores: 2,
+            memory_gib: 0.0,
+            os: String::new(),
+            load_average: [Some(start), Some(end)],
+            own_threads: 2,
+        };
+        // A quiet run on both cores ends near a load of 2 by itself.
+        assert!(!machine(0.3, 2.05).was_busy());
+        // Something else kept a core busy throughout, or was already running.
+        assert!(machine(0.3, 3.2).was_busy());
+        assert!(machine(2.5, 2.0).was_busy());
     }
 }

@@ -75,8 +75,8 @@ impl Models {
     }
 
     /// Generates `prompt` in `mode`, timing every delivery of tokens. With a `seat`, the generation
-    /// takes turns with others ([`lockstep`](super::lockstep)): it starts on its first turn, ends its
-    /// turn at every delivery, and its clock counts its own turns only.
+    /// takes turns with others ([`lockstep`](super::lockstep)): it starts on its group's first turn,
+    /// ends its part of the turn at every delivery, and its clock counts its group's turns only.
     pub fn generate(
         &self,
         mode: BenchMode,
@@ -96,9 +96,8 @@ impl Models {
         let clock = RefCell::new(DeliveryClock::start());
         let take_turn = || {
             if let Some(seat) = seat {
-                clock.borrow_mut().pause();
-                seat.take_turns();
-                clock.borrow_mut().resume();
+                let away = seat.take_turns();
+                clock.borrow_mut().exclude(away);
             }
         };
         let mut drafter = self.drafter(mode)?;

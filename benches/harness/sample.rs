@@ -61,14 +61,13 @@ pub struct Sample {
 }
 
 /// Times deliveries of tokens to the caller. A generation that takes turns with others (the
-/// lockstep pairing) pauses the clock while it waits, so every time it reports is its own.
+/// lockstep pairing) leaves out the time the others held the machine, so every time it reports is
+/// its own.
 #[derive(Debug)]
 pub struct DeliveryClock {
     start: Instant,
-    /// Time spent paused so far.
+    /// Time left out so far.
     paused: Duration,
-    /// When the current pause began.
-    paused_at: Option<Instant>,
     first: Option<f64>,
     last: Option<f64>,
     gaps: Vec<f64>,
@@ -90,7 +89,7 @@ pub struct Deliveries {
 impl DeliveryClock {
     /// Starts timing now (the moment the request is made).
     pub fn start() -> Self {
-        Self { start: Instant::now(), paused: Duration::ZERO, paused_at: None, first: None, last: None, gaps: Vec::new() }
+        Self { start: Instant::now(), paused: Duration::ZERO, first: None, last: None, gaps: Vec::new() }
     }
 
     /// Seconds since the start, less the pauses.
@@ -108,21 +107,14 @@ impl DeliveryClock {
         self.last = Some(now);
     }
 
-    /// Stops counting time until [`resume`](Self::resume).
-    pub fn pause(&mut self) {
-        self.paused_at.get_or_insert_with(Instant::now);
+    /// Leaves `d` out of every time measured from now on: the time others held the machine.
+    pub fn exclude(&mut self, d: Duration) {
+        self.paused += d;
     }
 
-    /// Counts time again after a [`pause`](Self::pause).
-    pub fn resume(&mut self) {
-        if let Some(t) = self.paused_at.take() {
-            self.paused += t.elapsed();
-        }
-    }
-
-    /// Seconds paused so far.
+    /// Seconds left out so far.
     pub fn paused_s(&self) -> f64 {
-        (self.paused + self.paused_at.map_or(Duration::ZERO, |t| t.elapsed())).as_secs_f64()
+        self.paused.as_secs_f64()
     }
 
     /// Stops the clock.
@@ -166,13 +158,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_paused_clock_leaves_the_pause_out_of_every_time() {
+    fn a_clock_leaves_the_time_others_held_out_of_every_time() {
         let mut clock = DeliveryClock::start();
         std::thread::sleep(Duration::from_millis(5));
         clock.delivered();
-        clock.pause();
+        let away = Instant::now();
         std::thread::sleep(Duration::from_millis(300));
-        clock.resume();
+        clock.exclude(away.elapsed());
         std::thread::sleep(Duration::from_millis(5));
         clock.delivered();
         let d = clock.finish();

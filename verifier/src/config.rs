@@ -9,6 +9,8 @@ use std::time::Duration;
 pub const DEFAULT_CTX_SIZE: u32 = 4096;
 /// Default number of sessions one verifier serves at once.
 pub const DEFAULT_MAX_SESSIONS: u32 = 4;
+/// Most sessions one verifier can hold.
+pub const MAX_SESSIONS: u32 = 64;
 /// How long the verifier thread waits for other sessions' blocks to share a decode call.
 pub const DEFAULT_GATHER_WINDOW: Duration = Duration::from_millis(2);
 /// Largest batch one decode call may hold: prompt chunks and verification blocks.

@@ -133,8 +133,8 @@ fn check_config(config: &VerifierConfig) -> Result<(), VerifierError> {
     if !(16..=1 << 20).contains(&config.ctx_size) {
         return Err(VerifierError::Config(format!("`ctx_size` must be between 16 and 1048576, got {}", config.ctx_size)));
     }
-    if !(1..=64).contains(&config.max_sessions) {
-        return Err(VerifierError::Config(format!("`max_sessions` must be between 1 and 64, got {}", config.max_sessions)));
+    if !(1..=crate::config::MAX_SESSIONS).contains(&config.max_sessions) {
+        return Err(VerifierError::Config(format!("`max_sessions` must be between 1 and {}, got {}", crate::config::MAX_SESSIONS, config.max_sessions)));
     }
     if !(1..=256).contains(&config.threads) {
         return Err(VerifierError::Config(format!("`threads` must be between 1 and 256, got {}", config.threads)));
