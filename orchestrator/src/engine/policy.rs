@@ -34,12 +34,20 @@
 //!
 //! Under concurrency the verifier evaluates the blocks of several sessions in one decode call, so a
 //! session's drafts lengthen every session's step, and a step that already carries other sessions'
-//! rows makes plain decoding cheap per token (the 1.5B does 4 sessions' steps in ~2.9 steps' time).
+//! rows makes plain decoding cheap per token (the 1.5B does 4 sessions' steps in ~3 steps' time).
 //! Each verdict says what its call held ([`BatchShare`]); the picker keeps the other sessions' rows
 //! R and the tokens they gained G (averaged over recent rounds) and maximises the whole call's rate,
-//! (G + E(k)) / (c(R + k) + d) against (G + 1) / c(R) for a plain step. Alone, R = G = 0 and this is
-//! the single-session rule above; with three other sessions stepping plainly, a first draft must be
-//! accepted ~3 times in 4 instead of ~1 in 2 to pay.
+//! (G + E(k)) / (C(R, k) + d) against (G + 1) / c(R) for a plain step. What k drafts add to a shared
+//! call is not c(R + k) − c(R): llama.cpp, with one KV stream per session, evaluates a call in
+//! micro-batches holding the same number of tokens of every sequence in them, so the first row of
+//! each session goes in one pass and a session's drafts in further passes of their own — its k
+//! drafts cost about what a lone block of k − 1 drafts costs, C(R, k) = c(R) + c(k − 1) (measured at
+//! concurrency 4 on the EPYC host: a call of four plain steps 158 ms, with one session's single
+//! draft 208 ms, with two drafts 258 ms; a plain step alone 50 ms). Alone (R = 0) the block is
+//! one pass, C = c(k), and this is the single-session rule above; between the two, C is
+//! interpolated. A plain shared call is an efficient batch, so beside three other sessions a draft
+//! rarely pays: on FACTS.md's curve even near-certain blocks of 8 do not, beside one other session
+//! they still do.
 //!
 //! The curve is measured once and drifts (on a shared VM, ~10% steeper within an hour), so each
 //! verify call that served the session alone corrects it ([`drift`]): the excess of a block over a
@@ -181,7 +189,7 @@ pub fn best_length(rates: &[f64], curve: &CostCurve, drafter_cost: f64) -> usize
 }
 
 /// [`best_length`] for a session whose block shares decode calls with `others`: the length
-/// maximising the whole call's rate (G + E(k)) / (c(R + k) + d).
+/// maximising the whole call's rate (G + E(k)) / (C(R, k) + d).
 pub fn best_shared_length(rates: &[f64], curve: &CostCurve, drafter_cost: f64, others: OtherLoad) -> usize {
     let (r, g) = (others.rows.max(0.0), others.gained.max(0.0));
     let (mut best_k, mut best_score) = (0, (g + 1.0) / curve.cost_at(r));
@@ -190,12 +198,24 @@ pub fn best_shared_length(rates: &[f64], curve: &CostCurve, drafter_cost: f64, o
         run *= a;
         expected += run;
         let k = i + 1;
-        let score = (g + expected) / (curve.cost_at(r + k as f64) + drafter_cost);
+        let score = (g + expected) / (shared_cost(curve, r, k) + drafter_cost);
         if score > best_score * (1.0 + 1e-9) {
             (best_k, best_score) = (k, score);
         }
     }
     best_k
+}
+
+/// C(R, k): steps of a decode call holding `r` rows of other sessions and this session's block of
+/// `k` drafts (k ≥ 1). With other sessions in the call, the block's drafts go in micro-batches of
+/// their own after the one holding every session's first row (llama.cpp splits a call over
+/// separate KV streams into passes with equal tokens per sequence): c(R) + c(k − 1). Alone, one
+/// pass: c(k). Under one other row on average, the two are mixed by the share of shared calls.
+fn shared_cost(curve: &CostCurve, r: f64, k: usize) -> f64 {
+    let alone = curve.cost_at(r + k as f64);
+    let passes = curve.cost_at(r) + curve.cost(k - 1);
+    let shared = r.min(1.0);
+    (1.0 - shared) * alone + shared * passes
 }
 
 /// What a finished generation learnt about its drafter, for the next one to start from.

@@ -45,16 +45,34 @@ fn the_best_length_follows_the_confidences() {
 #[test]
 fn drafts_must_be_surer_when_other_sessions_share_the_decode() {
     let c = facts_curve();
-    // Three other sessions stepping plainly: their rows make a plain step cheap per token.
+    // Three other sessions stepping plainly: their rows make a plain step cheap per token, and a
+    // block's drafts take passes of their own after every session's first row.
     let busy = OtherLoad { rows: 3.0, gained: 3.0 };
     assert_eq!(best_shared_length(&[0.6; 8], &c, 0.0, OtherLoad::ALONE), best_length(&[0.6; 8], &c, 0.0));
     assert!(best_length(&[0.6; 8], &c, 0.0) > 0, "alone, 60% drafts pay");
     assert_eq!(best_shared_length(&[0.6; 8], &c, 0.0, busy), 0, "shared, they do not");
-    assert!(best_shared_length(&[0.97; 8], &c, 0.0, busy) > 0, "near-certain drafts still pay");
-    assert!(
-        best_shared_length(&[0.9; 8], &c, 0.0, busy) < best_length(&[0.9; 8], &c, 0.0),
-        "and blocks get shorter"
-    );
+    // (3 + E(8)) / (c(3) + c(7)) = 11.0 / 6.05 against 4 / c(3) = 4 / 2.1: not even near-certain
+    // blocks pay beside three plain steps ...
+    assert_eq!(best_shared_length(&[0.97; 8], &c, 0.0, busy), 0);
+    // ... but beside one they do, and shorter than alone.
+    let one = OtherLoad { rows: 1.0, gained: 1.0 };
+    let k = best_shared_length(&[0.97; 8], &c, 0.0, one);
+    assert!(k > 0, "near-certain drafts pay beside one other session");
+    assert!(best_shared_length(&[0.9; 8], &c, 0.0, one) < best_length(&[0.9; 8], &c, 0.0), "and blocks get shorter");
+}
+
+#[test]
+fn a_shared_block_is_priced_as_passes_of_its_own() {
+    let c = facts_curve();
+    // Alone: one pass of k + 1 rows.
+    assert!((shared_cost(&c, 0.0, 4) - c.cost(4)).abs() < 1e-12);
+    // Beside three rows: the call's first pass, c(3), then the drafts' own, c(k − 1) (a single
+    // draft costs a whole plain step).
+    assert!((shared_cost(&c, 3.0, 1) - (c.cost(3) + 1.0)).abs() < 1e-12);
+    assert!((shared_cost(&c, 3.0, 4) - (c.cost(3) + c.cost(3))).abs() < 1e-12);
+    // In between, mixed by how often the calls were shared.
+    let half = shared_cost(&c, 0.5, 2);
+    assert!((half - (0.5 * c.cost_at(2.5) + 0.5 * (c.cost_at(0.5) + c.cost(1)))).abs() < 1e-12);
 }
 
 #[test]
