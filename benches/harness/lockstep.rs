@@ -22,6 +22,7 @@
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use duet_verifier::{SamplingParams, SparseDist, TokenId, Verdict, VerifierError};
 
 use super::modes::BenchMode;
@@ -74,9 +75,10 @@ impl Turns {
         Self { state: Mutex::new(State { current: 0, groups }), changed: Condvar::new() }
     }
 
-    /// A member's place in group `group`'s turns; it leaves them when the seat is dropped.
-    pub fn seat(&self, group: usize) -> Seat<'_> {
-        Seat { turns: self, group, seen: std::cell::Cell::new(0) }
+    /// A member's place in group `group`'s turns, with the verifier session it is to use (opened
+    /// beforehand, or `None` to open its own); it leaves the turns when the seat is dropped.
+    pub fn seat(&self, group: usize, session: Option<duet_verifier::Session>) -> Seat<'_> {
+        Seat { turns: self, group, seen: std::cell::Cell::new(0), session: std::cell::RefCell::new(session) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -126,9 +128,15 @@ pub struct Seat<'a> {
     group: usize,
     /// The last turn this member took part in.
     seen: std::cell::Cell<u64>,
+    session: std::cell::RefCell<Option<duet_verifier::Session>>,
 }
 
 impl Seat<'_> {
+    /// The session opened for this member, once.
+    pub fn take_session(&self) -> Option<duet_verifier::Session> {
+        self.session.borrow_mut().take()
+    }
+
     /// Blocks until this generation's group has its (next) turn.
     pub fn wait(&self) {
         let (turn, _) = self.turns.wait_for(self.group, self.seen.get());
@@ -231,6 +239,14 @@ pub fn run(models: &Models, modes: &[BenchMode], group: &[&PreparedPrompt], bloc
     let turns = Turns::new(&vec![group.len(); modes.len()]);
     let turns = &turns;
     let concurrency = group.len();
+    // Sessions opened here, mode by mode and prompt by prompt, so that every mode's prompts get
+    // sequence ids in the same order: llama.cpp puts only consecutive ids in one micro-batch, and
+    // ids left in thread order made one mode's calls split where another's did not.
+    let mut sessions = Vec::with_capacity(modes.len() * group.len());
+    for _ in 0..modes.len() * group.len() {
+        sessions.push(Some(models.verifier.open_session().context("opening a verifier session")?));
+    }
+    let mut sessions = sessions.into_iter();
     let results: Vec<Vec<anyhow::Result<Sample>>> = std::thread::scope(|scope| {
         let handles: Vec<Vec<_>> = modes
             .iter()
@@ -239,8 +255,9 @@ pub fn run(models: &Models, modes: &[BenchMode], group: &[&PreparedPrompt], bloc
                 group
                     .iter()
                     .map(|&prompt| {
+                        let session = sessions.next().flatten();
                         scope.spawn(move || {
-                            let seat = turns.seat(m);
+                            let seat = turns.seat(m, session);
                             models.sample(mode, prompt, block_size, concurrency, Some(&seat))
                         })
                     })
@@ -270,7 +287,7 @@ mod tests {
             for (me, rounds) in [(0usize, 3usize), (1, 1), (2, 2)] {
                 let (turns, log) = (&turns, log.clone());
                 scope.spawn(move || {
-                    let seat = turns.seat(me);
+                    let seat = turns.seat(me, None);
                     seat.wait();
                     for r in 0..rounds {
                         log.lock().unwrap().push(me);
@@ -296,7 +313,7 @@ mod tests {
             for (group, member, work_ms) in [(0usize, 0usize, 0u64), (0, 1, 200), (1, 0, 20), (1, 1, 20)] {
                 let (turns, log, aways) = (&turns, log.clone(), aways.clone());
                 scope.spawn(move || {
-                    let seat = turns.seat(group);
+                    let seat = turns.seat(group, None);
                     seat.wait();
                     for round in 0..2 {
                         log.lock().unwrap().push((round, group));

@@ -112,7 +112,10 @@ impl Models {
                 engine::generate_unverified(d.as_mut(), &prompt.tokens, &params, info.ctx_size, &is_eog, &mut on_tokens)?
             }
             (_, d) => {
-                let mut session = self.verifier.open_session().context("opening a verifier session")?;
+                let mut session = match seat.and_then(Seat::take_session) {
+                    Some(s) => s,
+                    None => self.verifier.open_session().context("opening a verifier session")?,
+                };
                 let d = d.map(|d| d.as_mut() as &mut dyn Drafter);
                 if seat.is_some() {
                     let between = || {
