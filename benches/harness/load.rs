@@ -46,6 +46,7 @@ const DEFAULT_PROMPTS: [&str; 8] = [
 const MAX_CLIENTS: usize = 256;
 const MAX_DURATION_S: u64 = 3600;
 const MAX_REQUESTS: usize = 1_000_000;
+const MAX_SESSIONS: usize = duet_verifier::config::MAX_SESSIONS as usize;
 
 /// Arguments of `duet loadtest`.
 #[derive(Debug, clap::Args)]
@@ -103,7 +104,11 @@ impl LoadArgs {
             self.max_requests
         );
         ensure!((1..=4096).contains(&self.max_tokens), "`--max-tokens` must be between 1 and 4096, got {}", self.max_tokens);
-        ensure!((1..=64).contains(&self.max_sessions), "`--max-sessions` must be between 1 and 64, got {}", self.max_sessions);
+        ensure!(
+            (1..=MAX_SESSIONS).contains(&self.max_sessions),
+            "`--max-sessions` must be between 1 and {MAX_SESSIONS}, got {}",
+            self.max_sessions
+        );
         Ok(())
     }
 }

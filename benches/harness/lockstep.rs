@@ -242,11 +242,10 @@ pub fn run(models: &Models, modes: &[BenchMode], group: &[&PreparedPrompt], bloc
     // Sessions opened here, mode by mode and prompt by prompt, so that every mode's prompts get
     // sequence ids in the same order: llama.cpp puts only consecutive ids in one micro-batch, and
     // ids left in thread order made one mode's calls split where another's did not.
-    let mut sessions = Vec::with_capacity(modes.len() * group.len());
-    for _ in 0..modes.len() * group.len() {
-        sessions.push(Some(models.verifier.open_session().context("opening a verifier session")?));
-    }
-    let mut sessions = sessions.into_iter();
+    let mut sessions = (0..modes.len() * group.len())
+        .map(|_| models.verifier.open_session().context("opening a verifier session"))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter();
     let results: Vec<Vec<anyhow::Result<Sample>>> = std::thread::scope(|scope| {
         let handles: Vec<Vec<_>> = modes
             .iter()
@@ -255,7 +254,7 @@ pub fn run(models: &Models, modes: &[BenchMode], group: &[&PreparedPrompt], bloc
                 group
                     .iter()
                     .map(|&prompt| {
-                        let session = sessions.next().flatten();
+                        let session = sessions.next();
                         scope.spawn(move || {
                             let seat = turns.seat(m, session);
                             models.sample(mode, prompt, block_size, concurrency, Some(&seat))

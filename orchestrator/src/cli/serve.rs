@@ -79,10 +79,13 @@ pub struct ServeArgs {
     pub diffusion: DiffusionArgs,
 }
 
+/// The most sessions the verifier can hold.
+const MAX_SESSIONS: usize = duet_verifier::config::MAX_SESSIONS as usize;
+
 impl ServeArgs {
     fn check(&self) -> anyhow::Result<()> {
-        if self.max_sessions == 0 || self.max_sessions > 64 {
-            bail!("--max-sessions must be between 1 and 64, got {}", self.max_sessions);
+        if self.max_sessions == 0 || self.max_sessions > MAX_SESSIONS {
+            bail!("--max-sessions must be between 1 and {MAX_SESSIONS}, got {}", self.max_sessions);
         }
         if !(1..=MAX_BLOCK_SIZE).contains(&self.block_size) {
             bail!("--block-size must be between 1 and {MAX_BLOCK_SIZE}, got {}", self.block_size);
