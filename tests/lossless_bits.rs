@@ -4,8 +4,8 @@
 //! Checked through the margins (best logit − runner-up) the engine records for every emitted token.
 
 use duet_orchestrator::engine::{self, Draft, DraftError, DraftRequest, Drafter, GenerateParams, Generation, Mode};
-use duet_tests::{Reference, TestPrompt, certain_draft, load_prompts, prompt_tokens, small_verifier};
-use duet_verifier::TokenId;
+use duet_tests::{Reference, TestPrompt, certain_draft, load_prompts, prompt_tokens, small_model_path, small_verifier};
+use duet_verifier::{Choice, Session, TokenId, Verifier, VerifierConfig};
 
 const MAX_TOKENS: usize = 48;
 
@@ -103,5 +103,65 @@ fn a_session_past_256_tokens_decodes_beside_another_as_it_does_alone() {
     let diff = alone.choices.iter().zip(&beside.choices).position(|(x, y)| x.margin.to_bits() != y.margin.to_bits());
     if let Some(i) = diff {
         panic!("token {i} (context {}): margin {} alone, {} beside another session", a.len() + i, alone.choices[i].margin, beside.choices[i].margin);
+    }
+}
+
+/// `n` plain steps of a session: the verifier's choice at each.
+fn steps(session: &mut Session, n: usize) -> Vec<Choice> {
+    (0..n).map(|_| session.step().expect("step").next).collect()
+}
+
+/// The first choice where two runs differ in token or in any bit of the margin.
+fn first_difference(a: &[Choice], b: &[Choice]) -> Option<usize> {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).position(|(x, y)| x.token != y.token || x.margin.to_bits() != y.margin.to_bits())
+}
+
+/// When a session closes, the verifier moves every session above it one llama.cpp sequence id down
+/// (a copy of its cache cells into the lower KV stream), so that shared decode calls stay in one
+/// micro-batch. A moved session must go on computing the same bits, and a session opened in the
+/// stream one left must start clean.
+#[test]
+fn a_session_moved_to_a_freed_sequence_id_decodes_bit_for_bit_as_before() {
+    let mut cfg = VerifierConfig::new(small_model_path());
+    cfg.ctx_size = 512;
+    cfg.max_sessions = 3;
+    if let Some(t) = std::env::var("DUET_TEST_THREADS").ok().and_then(|t| t.parse().ok()) {
+        cfg.threads = t;
+    }
+    let v = Verifier::load(cfg).expect("loading the 0.5B verifier");
+    let prompts = load_prompts("lossless_prompts.jsonl");
+    let (a, b) = (prompt_tokens(&v, &prompts[2]), prompt_tokens(&v, &prompts[3]));
+    let alone = |prompt: &[TokenId], n: usize| {
+        let mut s = v.open_session().expect("session");
+        let mut out = vec![s.prefill(prompt).expect("prefill").next];
+        out.extend(steps(&mut s, n));
+        out
+    };
+    let (alone_a, alone_b) = (alone(&a, 24), alone(&b, 12));
+
+    // Sequence ids 0, 1, 2; the third session is the one that moves.
+    let mut s0 = v.open_session().expect("session");
+    s0.prefill(&b).expect("prefill");
+    let mut s1 = v.open_session().expect("session");
+    s1.prefill(&a).expect("prefill");
+    let mut s2 = v.open_session().expect("session");
+    let mut moved = vec![s2.prefill(&a).expect("prefill").next];
+    moved.extend(steps(&mut s2, 8));
+    let before = v.usage().expect("usage").session_moves;
+    drop(s0); // s1 and s2 move to ids 0 and 1
+    let mut s3 = v.open_session().expect("session"); // id 2, the stream s2 left
+    let mut fresh = vec![s3.prefill(&b).expect("prefill").next];
+    moved.extend(steps(&mut s2, 8));
+    fresh.extend(steps(&mut s3, 6));
+    s1.close().expect("close"); // s2 and s3 move to ids 0 and 1
+    moved.extend(steps(&mut s2, 8));
+    fresh.extend(steps(&mut s3, 6));
+    assert_eq!(v.usage().expect("usage").session_moves - before, 4, "the sessions were not moved");
+    if let Some(i) = first_difference(&alone_a, &moved) {
+        panic!("moved session, token {i}: {:?} alone, {:?} moved", alone_a[i], moved[i]);
+    }
+    if let Some(i) = first_difference(&alone_b, &fresh) {
+        panic!("session opened in the vacated stream, token {i}: {:?} alone, {:?} there", alone_b[i], fresh[i]);
     }
 }

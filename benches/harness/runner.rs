@@ -117,7 +117,7 @@ impl Models {
                     None => self.verifier.open_session().context("opening a verifier session")?,
                 };
                 let d = d.map(|d| d.as_mut() as &mut dyn Drafter);
-                if seat.is_some() {
+                let generation = if seat.is_some() {
                     let between = || {
                         let before = clock.borrow().paused_s();
                         take_turn();
@@ -129,7 +129,11 @@ impl Models {
                     g
                 } else {
                     engine::generate(&mut session, d, &prompt.tokens, &params, &is_eog, &mut on_tokens)?
-                }
+                };
+                // Closed before the seat is left, so within this mode's turn: closing moves the
+                // sessions above down (copies of their caches), work no other mode's call should wait on.
+                session.close().context("closing a verifier session")?;
+                generation
             }
         };
         let deliveries = clock.into_inner();

@@ -115,8 +115,8 @@ impl Verifier {
 
     /// Opens a session (one llama.cpp sequence with its own KV cache).
     pub fn open_session(&self) -> Result<Session, VerifierError> {
-        let seq = self.call(|reply| Command::Open { reply })?;
-        Ok(Session { seq, len: 0, verifier: self.clone(), sampling: SamplingParams::default() })
+        let id = self.call(|reply| Command::Open { reply })?;
+        Ok(Session { id, closed: false, len: 0, verifier: self.clone(), sampling: SamplingParams::default() })
     }
 
     /// Sessions open, tokens cached and decode calls so far (for metrics and leak checks).
@@ -138,7 +138,10 @@ impl Verifier {
 /// (the verifier's choice for the next position, not yet evaluated). Dropping it frees the sequence.
 #[derive(Debug)]
 pub struct Session {
-    seq: i32,
+    /// The verifier thread's id for the session (not the llama.cpp sequence id, which may change).
+    id: i32,
+    /// Set by [`Session::close`], so that dropping does not close it again.
+    closed: bool,
     len: usize,
     verifier: Verifier,
     sampling: SamplingParams,
@@ -149,8 +152,8 @@ impl Session {
     /// removing the rest) and returns the verifier's choice for the next position, which becomes the
     /// pending token. Used for the prompt and to re-synchronise a drafting model with the context.
     pub fn prefill(&mut self, tokens: &[TokenId]) -> Result<Verdict, VerifierError> {
-        let (seq, sampling) = (self.seq, self.sampling);
-        let verdict = self.verifier.call(|reply| Command::Feed { seq, tokens: tokens.to_vec(), sampling, reply })?;
+        let (id, sampling) = (self.id, self.sampling);
+        let verdict = self.verifier.call(|reply| Command::Feed { id, tokens: tokens.to_vec(), sampling, reply })?;
         self.len = tokens.len();
         Ok(verdict)
     }
@@ -173,10 +176,10 @@ impl Session {
     /// accepts by speculative rejection sampling ([`crate::speculative`]), which keeps the output
     /// distributed exactly as sampling from the verifier alone.
     pub fn verify_with(&mut self, draft: &[TokenId], q: &[SparseDist]) -> Result<Verdict, VerifierError> {
-        let (seq, sampling) = (self.seq, self.sampling);
+        let (id, sampling) = (self.id, self.sampling);
         let q = if sampling.is_greedy() { Vec::new() } else { q.to_vec() };
         let verdict =
-            self.verifier.call(|reply| Command::Verify { seq, draft: draft.to_vec(), q, sampling, reply })?;
+            self.verifier.call(|reply| Command::Verify { id, draft: draft.to_vec(), q, sampling, reply })?;
         self.len += 1 + verdict.accepted;
         Ok(verdict)
     }
@@ -198,16 +201,16 @@ impl Session {
     /// context (after `prefill`), best of `repeats`, in seconds; the session is left unchanged.
     /// Size 0 is a plain decoding step. Feeds the cost-aware draft length.
     pub fn measure_verify_times(&mut self, sizes: &[usize], repeats: usize) -> Result<Vec<f64>, VerifierError> {
-        let seq = self.seq;
-        self.verifier.call(|reply| Command::Measure { seq, sizes: sizes.to_vec(), repeats, reply })
+        let id = self.id;
+        self.verifier.call(|reply| Command::Measure { id, sizes: sizes.to_vec(), repeats, reply })
     }
 
     /// Teacher forcing: evaluates `tokens` (at most the batch size) from an empty cache and returns
     /// the verifier's greedy choice after every position and, with features on, every position's
     /// hidden state. The session is left empty. Used to build drafter training data.
     pub fn score(&mut self, tokens: &[TokenId]) -> Result<(Vec<Choice>, Vec<f32>), VerifierError> {
-        let seq = self.seq;
-        let out = self.verifier.call(|reply| Command::Score { seq, tokens: tokens.to_vec(), reply })?;
+        let id = self.id;
+        let out = self.verifier.call(|reply| Command::Score { id, tokens: tokens.to_vec(), reply })?;
         self.len = 0;
         Ok(out)
     }
@@ -231,11 +234,22 @@ impl Session {
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
     }
+
+    /// Frees the session and waits until the verifier has done so (and moved the sessions above it
+    /// down, see `Worker::close`), where dropping it does not wait: for callers that time the
+    /// verifier's work and must not leave this to land in someone else's call.
+    pub fn close(mut self) -> Result<(), VerifierError> {
+        self.closed = true;
+        let id = self.id;
+        self.verifier.call(|reply| Command::Close { id, reply: Some(reply) })
+    }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         // The worker may already be gone at process exit; nothing is left to free then.
-        let _ = self.verifier.tx.send(Command::Close { seq: self.seq });
+        if !self.closed {
+            let _ = self.verifier.tx.send(Command::Close { id: self.id, reply: None });
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -34,18 +35,19 @@ pub(crate) enum Command {
     Tokenize { text: String, parse_special: bool, reply: Reply<Vec<TokenId>> },
     ChatPrompt { messages: Vec<ChatMessage>, reply: Reply<String> },
     Open { reply: Reply<i32> },
-    Close { seq: i32 },
-    Feed { seq: i32, tokens: Vec<TokenId>, sampling: SamplingParams, reply: Reply<Verdict> },
-    Score { seq: i32, tokens: Vec<TokenId>, reply: Reply<(Vec<Choice>, Vec<f32>)> },
-    Verify { seq: i32, draft: Vec<TokenId>, q: Vec<SparseDist>, sampling: SamplingParams, reply: Reply<Verdict> },
-    Measure { seq: i32, sizes: Vec<usize>, repeats: usize, reply: Reply<Vec<f64>> },
+    /// Frees a session; `reply`, when given, hears once its cache is freed and the others moved.
+    Close { id: i32, reply: Option<Reply<()>> },
+    Feed { id: i32, tokens: Vec<TokenId>, sampling: SamplingParams, reply: Reply<Verdict> },
+    Score { id: i32, tokens: Vec<TokenId>, reply: Reply<(Vec<Choice>, Vec<f32>)> },
+    Verify { id: i32, draft: Vec<TokenId>, q: Vec<SparseDist>, sampling: SamplingParams, reply: Reply<Verdict> },
+    Measure { id: i32, sizes: Vec<usize>, repeats: usize, reply: Reply<Vec<f64>> },
     Usage { reply: Reply<Usage> },
 }
 
 impl Joinable for Command {
     fn joins(&self) -> Option<(i32, usize)> {
         match self {
-            Command::Verify { seq, draft, .. } => Some((*seq, draft.len() + 1)),
+            Command::Verify { id, draft, .. } => Some((*id, draft.len() + 1)),
             _ => None,
         }
     }
@@ -62,6 +64,9 @@ pub struct Usage {
     pub verify_decodes: u64,
     /// Verification blocks they evaluated: more than `verify_decodes` when sessions shared a batch.
     pub verify_blocks: u64,
+    /// Session caches moved one sequence id down when a session below them closed
+    /// ([`Worker::close`]), since the start.
+    pub session_moves: u64,
 }
 
 /// Largest support of a sampled token's distribution that a [`Verdict`] reports (`next_dist`):
@@ -117,7 +122,7 @@ pub(crate) fn run(config: VerifierConfig, window: GatherWindow, rx: Receiver<Com
     }
     let mut gatherer = Gatherer::new(rx, window);
     let budget = config.batch_size as usize;
-    let mut worker = Worker { model: &model, ctx, config, sessions: HashMap::new(), usage: Usage::default() };
+    let mut worker = Worker { model: &model, ctx, config, sessions: HashMap::new(), next_id: 0, usage: Usage::default() };
     while let Some(next) = gatherer.next(worker.sessions.len(), budget) {
         match next {
             Next::One(cmd) => worker.handle(cmd),
@@ -218,9 +223,11 @@ fn model_info(model: &LlamaModel, config: &VerifierConfig) -> ModelInfo {
     }
 }
 
-/// Per-sequence state on the verifier thread.
-#[derive(Default)]
+/// Per-session state on the verifier thread.
 struct SeqState {
+    /// The llama.cpp sequence id (and KV stream) holding the session's cache now; it changes when
+    /// the session is moved down to keep the open sessions' ids consecutive.
+    slot: i32,
     /// Tokens whose keys and values are in the cache, in position order.
     tokens: Vec<TokenId>,
     /// The verifier's choice for the next position, not yet evaluated.
@@ -231,7 +238,10 @@ struct Worker<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     config: VerifierConfig,
+    /// Open sessions by the id their handle knows them by (stable, unlike their slots).
     sessions: HashMap<i32, SeqState>,
+    /// The id the next opened session gets.
+    next_id: i32,
     /// Counters reported by [`Command::Usage`]; `sessions` and `kv_tokens` are filled on demand.
     usage: Usage,
 }
@@ -250,16 +260,21 @@ impl Worker<'_> {
             Command::Open { reply } => {
                 let _ = reply.send(self.open());
             }
-            Command::Close { seq } => self.close(seq),
-            Command::Feed { seq, tokens, sampling, reply } => {
-                let _ = reply.send(self.feed(seq, &tokens, &sampling));
+            Command::Close { id, reply } => {
+                self.close(id);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
             }
-            Command::Score { seq, tokens, reply } => {
-                let _ = reply.send(self.score(seq, &tokens));
+            Command::Feed { id, tokens, sampling, reply } => {
+                let _ = reply.send(self.feed(id, &tokens, &sampling));
+            }
+            Command::Score { id, tokens, reply } => {
+                let _ = reply.send(self.score(id, &tokens));
             }
             cmd @ Command::Verify { .. } => self.verify_group(vec![cmd]),
-            Command::Measure { seq, sizes, repeats, reply } => {
-                let _ = reply.send(self.measure(seq, &sizes, repeats));
+            Command::Measure { id, sizes, repeats, reply } => {
+                let _ = reply.send(self.measure(id, &sizes, repeats));
             }
             Command::Usage { reply } => {
                 let _ = reply.send(Ok(self.usage()));
@@ -292,31 +307,78 @@ impl Worker<'_> {
             .map_err(|e| VerifierError::Backend { op: "apply chat template", reason: e.to_string() })
     }
 
+    /// Opens a session in the lowest free slot (with [`Worker::close`] keeping slots compact, the
+    /// one after the open sessions') and returns its id.
     fn open(&mut self) -> Result<i32, VerifierError> {
-        let seq = (0..self.config.max_sessions as i32)
-            .find(|s| !self.sessions.contains_key(s))
+        let slot = (0..self.config.max_sessions as i32)
+            .find(|s| !self.sessions.values().any(|st| st.slot == *s))
             .ok_or(VerifierError::NoFreeSession(self.config.max_sessions))?;
-        self.remove_from(seq, 0)?;
-        self.sessions.insert(seq, SeqState::default());
-        Ok(seq)
+        self.remove_from(slot, 0)?;
+        let mut id = self.next_id;
+        while self.sessions.contains_key(&id) {
+            id = id.wrapping_add(1) & i32::MAX;
+        }
+        self.next_id = id.wrapping_add(1) & i32::MAX;
+        self.sessions.insert(id, SeqState { slot, tokens: Vec::new(), pending: None });
+        Ok(id)
     }
 
-    fn close(&mut self, seq: i32) {
-        if self.sessions.remove(&seq).is_some()
-            && let Err(e) = self.remove_from(seq, 0)
-        {
-            tracing::warn!(seq, error = %e, "could not free a closed session's KV cache");
+    /// Frees a session's cache, then moves every session above it one sequence id down, in order.
+    /// llama.cpp evaluates a call over separate KV streams in micro-batches of consecutive sequence
+    /// ids only, so a gap left mid-range would split every later shared call (three sessions' steps
+    /// on the 2-core EPYC: ~130 ms in one micro-batch, ~150 ms in two). Keeping the order, not only
+    /// closing the gap, keeps any run of sessions consecutive that was (the bench's modes each hold
+    /// one). A move copies the session's cells, in position order and bytes alike, into the lower
+    /// stream, where they take the same cell indices: the session computes the same bits as before
+    /// (`tests/lossless_bits.rs`). It costs a few milliseconds per session moved.
+    fn close(&mut self, id: i32) {
+        let Some(closed) = self.sessions.remove(&id) else { return };
+        if let Err(e) = self.remove_from(closed.slot, 0) {
+            tracing::warn!(id, error = %e, "could not free a closed session's KV cache");
+            return;
+        }
+        let mut above: Vec<(i32, i32)> =
+            self.sessions.iter().filter(|(_, st)| st.slot > closed.slot).map(|(&id, st)| (st.slot, id)).collect();
+        above.sort_unstable();
+        let mut free = closed.slot;
+        for (slot, moved) in above {
+            if let Err(e) = self.move_cache(slot, free) {
+                // Left where they are, the sessions stay correct; only their shared calls split.
+                tracing::warn!(id = moved, error = %e, "could not move a session's KV cache down");
+                return;
+            }
+            if let Some(st) = self.sessions.get_mut(&moved) {
+                st.slot = free;
+            }
+            self.usage.session_moves += 1;
+            free = slot;
         }
     }
 
-    fn state(&mut self, seq: i32) -> Result<&mut SeqState, VerifierError> {
-        self.sessions.get_mut(&seq).ok_or_else(|| VerifierError::InvalidRequest(format!("session {seq} is not open")))
+    /// Moves slot `from`'s cache into the empty slot `to` (on failure `from` is left as it was).
+    fn move_cache(&mut self, from: i32, to: i32) -> Result<(), VerifierError> {
+        let failed = |op, e: &dyn std::fmt::Display| VerifierError::Backend { op, reason: e.to_string() };
+        let state = self.ctx.state_seq_get(from, LlamaStateSeqFlags::empty()).map_err(|e| failed("save a session's KV cache", &e))?;
+        if let Err(e) = self.ctx.state_seq_set(&state, to) {
+            let _ = self.remove_from(to, 0);
+            return Err(failed("restore a session's KV cache", &e));
+        }
+        self.remove_from(from, 0)
     }
 
-    /// Removes the sequence's cache entries at positions `from..`.
-    fn remove_from(&mut self, seq: i32, from: usize) -> Result<(), VerifierError> {
+    fn state(&mut self, id: i32) -> Result<&mut SeqState, VerifierError> {
+        self.sessions.get_mut(&id).ok_or_else(|| VerifierError::InvalidRequest(format!("session {id} is not open")))
+    }
+
+    /// The slot of an open session.
+    fn slot(&mut self, id: i32) -> Result<i32, VerifierError> {
+        self.state(id).map(|st| st.slot)
+    }
+
+    /// Removes the slot's cache entries at positions `from..`.
+    fn remove_from(&mut self, slot: i32, from: usize) -> Result<(), VerifierError> {
         self.ctx
-            .kv_cache_seq_rm(seq, Some(from as u32), None)
+            .kv_cache_seq_rm(slot, Some(from as u32), None)
             .map_err(|e| VerifierError::Backend { op: "remove KV entries", reason: e.to_string() })
     }
 
@@ -336,12 +398,12 @@ impl Worker<'_> {
         }
     }
 
-    /// Decodes `tokens` at positions `start..` of `seq`; logits are requested for the last
+    /// Decodes `tokens` at positions `start..` of `slot`; logits are requested for the last
     /// `logits_for` tokens, which must fit in one batch. Returns the greedy choice at each of them
     /// and, with features on, every token's hidden state.
     fn decode(
         &mut self,
-        seq: i32,
+        slot: i32,
         start: usize,
         tokens: &[TokenId],
         logits_for: usize,
@@ -357,7 +419,7 @@ impl Worker<'_> {
             for (i, &t) in chunk.iter().enumerate() {
                 let want = base + i >= first_logit;
                 batch
-                    .add(LlamaToken(t as i32), (start + base + i) as i32, &[seq], want)
+                    .add(LlamaToken(t as i32), (start + base + i) as i32, &[slot], want)
                     .map_err(|e| VerifierError::Backend { op: "fill batch", reason: e.to_string() })?;
             }
             self.ctx.decode(&mut batch).map_err(|e| VerifierError::Backend { op: "decode", reason: e.to_string() })?;
@@ -381,25 +443,26 @@ impl Worker<'_> {
         })
     }
 
-    fn feed(&mut self, seq: i32, tokens: &[TokenId], sampling: &SamplingParams) -> Result<Verdict, VerifierError> {
+    fn feed(&mut self, id: i32, tokens: &[TokenId], sampling: &SamplingParams) -> Result<Verdict, VerifierError> {
         if tokens.is_empty() {
             return Err(VerifierError::InvalidRequest("`tokens` must not be empty".into()));
         }
         self.check_room("the prompt", tokens.len())?;
         self.check_tokens(tokens)?;
-        let cached = &self.state(seq)?.tokens;
+        let slot = self.slot(id)?;
+        let cached = &self.state(id)?.tokens;
         // Keep the longest cached prefix, but always evaluate at least the last token: its logits
         // give the next choice.
         let keep = cached.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
-        self.remove_from(seq, keep)?;
-        let st = self.state(seq)?;
+        self.remove_from(slot, keep)?;
+        let st = self.state(id)?;
         st.tokens.truncate(keep);
         st.pending = None;
-        let (mut choice, features) = match self.decode(seq, keep, &tokens[keep..], 1) {
+        let (mut choice, features) = match self.decode(slot, keep, &tokens[keep..], 1) {
             Ok((c, f)) => (c[0], f),
             Err(e) => {
                 // Leave the session consistent: nothing past `keep` is trusted.
-                let _ = self.remove_from(seq, keep);
+                let _ = self.remove_from(slot, keep);
                 return Err(e);
             }
         };
@@ -411,7 +474,7 @@ impl Worker<'_> {
             choice = sampled_choice(&p, sample(&p, sampling.seed, tokens.len()), choice.margin);
             next_dist = reportable(p, sampling);
         }
-        let st = self.state(seq)?;
+        let st = self.state(id)?;
         st.tokens = tokens.to_vec();
         st.pending = Some(choice.token);
         Ok(Verdict { accepted: 0, next: choice, choices: vec![choice], features, next_dist, batch: BatchShare::default() })
@@ -419,7 +482,7 @@ impl Worker<'_> {
 
     /// Evaluates `tokens` from an empty cache with the greedy choice at every position (teacher
     /// forcing), then leaves the session empty again.
-    fn score(&mut self, seq: i32, tokens: &[TokenId]) -> Result<(Vec<Choice>, Vec<f32>), VerifierError> {
+    fn score(&mut self, id: i32, tokens: &[TokenId]) -> Result<(Vec<Choice>, Vec<f32>), VerifierError> {
         if tokens.is_empty() || tokens.len() > self.config.batch_size as usize {
             return Err(VerifierError::InvalidRequest(format!(
                 "`tokens` to score must number 1 to {} (the batch size), got {}",
@@ -429,10 +492,11 @@ impl Worker<'_> {
         }
         self.check_tokens(tokens)?;
         self.check_room("the scored sequence", tokens.len())?;
-        self.remove_from(seq, 0)?;
-        let result = self.decode(seq, 0, tokens, tokens.len());
-        self.remove_from(seq, 0)?;
-        let st = self.state(seq)?;
+        let slot = self.slot(id)?;
+        self.remove_from(slot, 0)?;
+        let result = self.decode(slot, 0, tokens, tokens.len());
+        self.remove_from(slot, 0)?;
+        let st = self.state(id)?;
         st.tokens.clear();
         st.pending = None;
         result
@@ -441,8 +505,9 @@ impl Worker<'_> {
     /// Times verification of blocks of `sizes` draft tokens on top of the session's current context
     /// (best of `repeats`, seconds) and leaves the session as it was. The drafts are copies of the
     /// pending token: the cost of a decode does not depend on which tokens it evaluates.
-    fn measure(&mut self, seq: i32, sizes: &[usize], repeats: usize) -> Result<Vec<f64>, VerifierError> {
-        let (len, pending) = self.pending(seq)?;
+    fn measure(&mut self, id: i32, sizes: &[usize], repeats: usize) -> Result<Vec<f64>, VerifierError> {
+        let (len, pending) = self.pending(id)?;
+        let slot = self.slot(id)?;
         let largest = sizes.iter().copied().max().unwrap_or(0);
         if largest + 1 > self.config.batch_size as usize {
             return Err(VerifierError::InvalidRequest(format!(
@@ -453,16 +518,16 @@ impl Worker<'_> {
         self.check_room("the measured block", len + 1 + largest)?;
         let mut best = vec![f64::INFINITY; sizes.len()];
         // One untimed decode first: the first call after a pause pays for waking threads and caches.
-        let warm_up = self.decode(seq, len, &[pending], 1);
-        self.remove_from(seq, len)?;
+        let warm_up = self.decode(slot, len, &[pending], 1);
+        self.remove_from(slot, len)?;
         warm_up?;
         for _ in 0..repeats.max(1) {
             for (j, &k) in sizes.iter().enumerate() {
                 let block = vec![pending; k + 1];
                 let t = Instant::now();
-                let result = self.decode(seq, len, &block, block.len());
+                let result = self.decode(slot, len, &block, block.len());
                 let elapsed = t.elapsed().as_secs_f64();
-                self.remove_from(seq, len)?;
+                self.remove_from(slot, len)?;
                 result?;
                 best[j] = best[j].min(elapsed);
             }

@@ -44,6 +44,9 @@ pub const VERIFIER_KV_TOKENS: &str = "duet_verifier_kv_tokens";
 pub const VERIFIER_DECODES: &str = "duet_verifier_decodes_total";
 /// Verification blocks evaluated (counter): above the decodes when concurrent sessions shared one.
 pub const VERIFIER_BLOCKS: &str = "duet_verifier_blocks_total";
+/// Sessions moved to a lower sequence id when another closed, keeping shared decode calls in one
+/// micro-batch (counter).
+pub const VERIFIER_SESSION_MOVES: &str = "duet_verifier_session_moves_total";
 
 /// Publishes what the verifier reported.
 pub fn record_verifier_usage(u: &duet_verifier::Usage) {
@@ -51,6 +54,7 @@ pub fn record_verifier_usage(u: &duet_verifier::Usage) {
     metrics::gauge!(VERIFIER_KV_TOKENS).set(u.kv_tokens as f64);
     metrics::counter!(VERIFIER_DECODES).absolute(u.verify_decodes);
     metrics::counter!(VERIFIER_BLOCKS).absolute(u.verify_blocks);
+    metrics::counter!(VERIFIER_SESSION_MOVES).absolute(u.session_moves);
 }
 
 /// Histogram buckets for latencies in seconds: 1 ms to 60 s.

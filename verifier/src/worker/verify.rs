@@ -15,7 +15,9 @@ use crate::{TokenId, VerifierError};
 
 /// A verification taken from the channel, checked and with its block built.
 struct Block {
-    seq: i32,
+    /// The session's id, and the llama.cpp sequence holding its cache.
+    id: i32,
+    slot: i32,
     /// Tokens in the session's cache before the block.
     len: usize,
     /// The pending token followed by the draft.
@@ -32,7 +34,7 @@ impl Worker<'_> {
         let mut replies = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             match cmd {
-                Command::Verify { seq, draft, q, sampling, reply } => match self.block(seq, &draft, q, sampling) {
+                Command::Verify { id, draft, q, sampling, reply } => match self.block(id, &draft, q, sampling) {
                     Ok(b) => {
                         blocks.push(b);
                         replies.push(reply);
@@ -47,14 +49,15 @@ impl Worker<'_> {
         if blocks.is_empty() {
             return;
         }
-        // llama.cpp puts consecutive sequence ids into one micro-batch; sessions get the lowest free ids.
+        // llama.cpp puts consecutive sequence ids into one micro-batch; the open sessions' slots are
+        // kept consecutive (`Worker::close`).
         // With one KV stream per session it also takes the same number of tokens of every sequence
         // in a micro-batch: the rows past the shortest block's are evaluated in further passes (a
         // single draft beside three plain steps costs about one more plain step).
         let mut order: Vec<usize> = (0..blocks.len()).collect();
-        order.sort_by_key(|&i| blocks[i].seq);
+        order.sort_by_key(|&i| blocks[i].slot);
         let parts: Vec<(i32, usize, &[TokenId])> =
-            order.iter().map(|&i| (blocks[i].seq, blocks[i].len, blocks[i].tokens.as_slice())).collect();
+            order.iter().map(|&i| (blocks[i].slot, blocks[i].len, blocks[i].tokens.as_slice())).collect();
         let decoded = self.decode_many(&parts);
         self.usage.verify_decodes += 1;
         self.usage.verify_blocks += blocks.len() as u64;
@@ -79,7 +82,7 @@ impl Worker<'_> {
             }
             Err(e) => {
                 for (b, reply) in blocks.iter().zip(replies) {
-                    let _ = self.remove_from(b.seq, b.len);
+                    let _ = self.remove_from(b.slot, b.len);
                     let _ = reply.send(Err(each_its_own(&e)));
                 }
             }
@@ -94,10 +97,10 @@ impl Worker<'_> {
         let total: usize = parts.iter().map(|p| p.2.len()).sum();
         debug_assert!(total <= self.config.batch_size as usize);
         let mut batch = LlamaBatch::new(total, 1);
-        for &(seq, start, tokens) in parts {
+        for &(slot, start, tokens) in parts {
             for (i, &t) in tokens.iter().enumerate() {
                 batch
-                    .add(LlamaToken(t as i32), (start + i) as i32, &[seq], true)
+                    .add(LlamaToken(t as i32), (start + i) as i32, &[slot], true)
                     .map_err(|e| VerifierError::Backend { op: "fill batch", reason: e.to_string() })?;
             }
         }
@@ -120,23 +123,24 @@ impl Worker<'_> {
         Ok(out)
     }
 
-    pub(super) fn pending(&mut self, seq: i32) -> Result<(usize, TokenId), VerifierError> {
-        let st = self.state(seq)?;
+    pub(super) fn pending(&mut self, id: i32) -> Result<(usize, TokenId), VerifierError> {
+        let st = self.state(id)?;
         let pending = st
             .pending
-            .ok_or_else(|| VerifierError::InvalidRequest(format!("session {seq} has no prompt yet")))?;
+            .ok_or_else(|| VerifierError::InvalidRequest(format!("session {id} has no prompt yet")))?;
         Ok((st.tokens.len(), pending))
     }
 
     /// Checks a verification request and builds its block: the pending token, then the draft.
     fn block(
         &mut self,
-        seq: i32,
+        id: i32,
         draft: &[TokenId],
         q: Vec<SparseDist>,
         sampling: SamplingParams,
     ) -> Result<Block, VerifierError> {
-        let (len, pending) = self.pending(seq)?;
+        let (len, pending) = self.pending(id)?;
+        let slot = self.slot(id)?;
         if draft.len() + 1 > self.config.batch_size as usize {
             return Err(VerifierError::InvalidRequest(format!(
                 "a draft block may hold at most {} tokens, got {}",
@@ -149,7 +153,7 @@ impl Worker<'_> {
         let mut tokens = Vec::with_capacity(draft.len() + 1);
         tokens.push(pending);
         tokens.extend_from_slice(draft);
-        Ok(Block { seq, len, tokens, q, sampling })
+        Ok(Block { id, slot, len, tokens, q, sampling })
     }
 
     /// Accepts a prefix of a decoded block (its logits are rows `row0..` of the last decode), trims
@@ -161,7 +165,7 @@ impl Worker<'_> {
         mut features: Vec<f32>,
         row0: usize,
     ) -> Result<Verdict, VerifierError> {
-        let (seq, len, sampling) = (block.seq, block.len, &block.sampling);
+        let (len, sampling) = (block.len, &block.sampling);
         let draft = &block.tokens[1..];
         let (accepted, kept, next_dist) = if sampling.is_greedy() {
             let accepted = accept_prefix(draft, &choices);
@@ -187,9 +191,9 @@ impl Worker<'_> {
             (outcome.accepted, kept, last_p)
         };
         let keep = len + 1 + accepted;
-        self.remove_from(seq, keep)?;
+        self.remove_from(block.slot, keep)?;
         let next = kept[accepted];
-        let st = self.state(seq)?;
+        let st = self.state(block.id)?;
         st.tokens.extend_from_slice(&block.tokens[..1 + accepted]);
         st.pending = Some(next.token);
         let n_embd = self.model.n_embd().max(0) as usize;
