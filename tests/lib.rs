@@ -30,17 +30,20 @@ pub fn small_model_path() -> PathBuf {
 /// One loaded 0.5B verifier shared by every test of a binary (the model loads once).
 pub fn small_verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();
-    V.get_or_init(|| {
-        let mut cfg = VerifierConfig::new(small_model_path());
-        cfg.ctx_size = 2048;
-        cfg.max_sessions = 8;
-        // On a machine shared with other builds, llama.cpp's threads wait on each other whenever one
-        // is descheduled; `DUET_TEST_THREADS=1` keeps the tests' speed predictable there.
-        if let Some(t) = std::env::var("DUET_TEST_THREADS").ok().and_then(|t| t.parse().ok()) {
-            cfg.threads = t;
-        }
-        Verifier::load(cfg).expect("loading the 0.5B verifier")
-    })
+    V.get_or_init(|| load_small_verifier(2048, 8))
+}
+
+/// A 0.5B verifier of its own, for a test that needs to know every session it holds.
+pub fn load_small_verifier(ctx_size: u32, max_sessions: u32) -> Verifier {
+    let mut cfg = VerifierConfig::new(small_model_path());
+    cfg.ctx_size = ctx_size;
+    cfg.max_sessions = max_sessions;
+    // On a machine shared with other builds, llama.cpp's threads wait on each other whenever one
+    // is descheduled; `DUET_TEST_THREADS=1` keeps the tests' speed predictable there.
+    if let Some(t) = std::env::var("DUET_TEST_THREADS").ok().and_then(|t| t.parse().ok()) {
+        cfg.threads = t;
+    }
+    Verifier::load(cfg).expect("loading the 0.5B verifier")
 }
 
 /// One prompt of a test suite.

@@ -4,8 +4,8 @@
 //! Checked through the margins (best logit − runner-up) the engine records for every emitted token.
 
 use duet_orchestrator::engine::{self, Draft, DraftError, DraftRequest, Drafter, GenerateParams, Generation, Mode};
-use duet_tests::{Reference, TestPrompt, certain_draft, load_prompts, prompt_tokens, small_model_path, small_verifier};
-use duet_verifier::{Choice, Session, TokenId, Verifier, VerifierConfig};
+use duet_tests::{Reference, TestPrompt, certain_draft, load_prompts, load_small_verifier, prompt_tokens, small_verifier};
+use duet_verifier::{Choice, Session, TokenId};
 
 const MAX_TOKENS: usize = 48;
 
@@ -123,13 +123,7 @@ fn first_difference(a: &[Choice], b: &[Choice]) -> Option<usize> {
 /// stream one left must start clean.
 #[test]
 fn a_session_moved_to_a_freed_sequence_id_decodes_bit_for_bit_as_before() {
-    let mut cfg = VerifierConfig::new(small_model_path());
-    cfg.ctx_size = 512;
-    cfg.max_sessions = 3;
-    if let Some(t) = std::env::var("DUET_TEST_THREADS").ok().and_then(|t| t.parse().ok()) {
-        cfg.threads = t;
-    }
-    let v = Verifier::load(cfg).expect("loading the 0.5B verifier");
+    let v = load_small_verifier(512, 3);
     let prompts = load_prompts("lossless_prompts.jsonl");
     let (a, b) = (prompt_tokens(&v, &prompts[2]), prompt_tokens(&v, &prompts[3]));
     let alone = |prompt: &[TokenId], n: usize| {
