@@ -159,3 +159,45 @@ fn a_session_moved_to_a_freed_sequence_id_decodes_bit_for_bit_as_before() {
         panic!("session opened in the vacated stream, token {i}: {:?} alone, {:?} there", alone_b[i], fresh[i]);
     }
 }
+
+/// Blocks of every size the engine sends, 2 to 64 rows: each token after the first of a round sits at
+/// another position of its block, so over a generation every position of every size is checked.
+#[test]
+fn blocks_of_2_to_64_rows_have_the_logits_of_plain_steps_at_every_position() {
+    let p = &load_prompts("lossless_prompts.jsonl")[5];
+    let prompt = prompt_tokens(small_verifier(), p);
+    for block in [1, 2, 6, 15, 31, 63] {
+        if let Some((i, ctx, a, h)) = first_bit_difference(&prompt, block, 64) {
+            panic!("{}: token {i} (context {ctx}): margin {a} alone, {h} in a block of {} rows", p.id, block + 1);
+        }
+    }
+}
+
+/// A prompt evaluated as one chunk of 512 rows leaves the KV cache that evaluating it one token at a
+/// time leaves: the choice after it and every step that follows agree in every bit of the margin.
+#[test]
+fn a_512_token_prompt_chunk_leaves_the_kv_of_token_by_token_evaluation() {
+    let v = small_verifier();
+    let prompts = load_prompts("lossless_prompts.jsonl");
+    let text = prompts.iter().chain(&prompts).map(|p| p.prompt.as_str()).collect::<Vec<_>>().join("\n\n");
+    let mut prompt = v.tokenize(&text, true).expect("tokenize");
+    assert!(prompt.len() >= 512, "the joined prompts have {} tokens", prompt.len());
+    prompt.truncate(512);
+
+    let mut chunk = v.open_session().expect("session");
+    let mut a = vec![chunk.prefill(&prompt).expect("prefill").next];
+    a.extend(steps(&mut chunk, 8));
+    drop(chunk);
+
+    let mut single = v.open_session().expect("session");
+    let mut last = None;
+    for n in 1..=prompt.len() {
+        // The cached prefix is reused: each call evaluates exactly one new token.
+        last = Some(single.prefill(&prompt[..n]).expect("prefill").next);
+    }
+    let mut b = vec![last.expect("one token at least")];
+    b.extend(steps(&mut single, 8));
+    if let Some(i) = first_difference(&a, &b) {
+        panic!("choice {i} after the prompt: {:?} after one chunk, {:?} token by token", a[i], b[i]);
+    }
+}

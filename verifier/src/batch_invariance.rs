@@ -6,6 +6,10 @@
 //! (`GGML_CPU_REPACK=OFF` in `.cargo/config.toml`); the tiled kernels are read from the environment once,
 //! at the first matrix multiplication, so [`apply`] must run before any model is loaded.
 //!
+//! Repacking off leaves llama.cpp's per-row dot product, invariant but slow for blocks; [`apply`] also
+//! installs Duet's own batch-invariant kernels ([`crate::kernels`]), which take every product of the
+//! shipped models' quantised weights.
+//!
 //! Two more are in flash attention, and only with keys and values of the same F16/F32 type: a one-row
 //! call over more than 256 cached tokens splits the KV range across threads, and a call of 64 rows or
 //! more is tiled. The verifier's default KV cache, Q8_0 keys with F16 values ([`crate::KvCacheKind`]),
@@ -24,5 +28,6 @@ pub fn apply() {
             // and nothing in Duet reads or writes the environment concurrently with model loading.
             unsafe { std::env::set_var("GGML_CPU_TILED_MM", "0") };
         }
+        crate::kernels::install();
     });
 }

@@ -25,6 +25,7 @@ pub mod error;
 mod gather;
 pub mod greedy;
 mod handle;
+pub mod kernels;
 pub mod quantize;
 pub mod sampling;
 pub mod speculative;

@@ -94,6 +94,8 @@ fn backend() -> Result<&'static LlamaBackend, VerifierError> {
 /// Thread body: load, report readiness, then serve until every handle is dropped.
 pub(crate) fn run(config: VerifierConfig, window: GatherWindow, rx: Receiver<Command>, ready: SyncSender<Result<ModelInfo, VerifierError>>) {
     let started = Instant::now();
+    // Declared before the model, so the packed copies of its weights are freed after it.
+    let _packed = crate::kernels::packed::Owner::new();
     let loaded = (|| {
         let backend = backend()?;
         check_config(&config)?;

@@ -20,6 +20,10 @@ pub struct CostsArgs {
     /// Longest block measured (1 to 256).
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
+    /// Block sizes to time instead of the default spread up to --block-size (e.g. `1,2,4,8,16,32`;
+    /// each 1 to 256; 0, the plain step, is always timed).
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
     /// Timed repetitions per block size (the best counts).
     #[arg(long, default_value_t = REPEATS)]
     pub repeats: usize,
@@ -27,6 +31,10 @@ pub struct CostsArgs {
     /// else a short code prompt].
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
+    /// Also time the evaluation of a prompt of this many tokens in a fresh session (the prompt's
+    /// tokens repeated; 0: skip), as llama-bench's `pp` does.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_eval: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -42,8 +50,16 @@ struct Report {
     kv_cache: String,
     prompt_tokens: usize,
     curve: CostCurve,
+    /// The timed block sizes (drafts per block) and their best times, in seconds.
+    measured: Vec<(usize, f64)>,
     batch_invariant: bool,
     checked_block: usize,
+    /// Tokens of the timed prompt evaluation (0: not measured).
+    prompt_eval_tokens: usize,
+    /// Its best time, in seconds.
+    prompt_eval_s: f64,
+    /// The kernels that ran the quantised products (`avx512`, `avx2`, or `llama.cpp`).
+    kernels: String,
 }
 
 /// Tokens verified as one block in the invariance check.
@@ -65,7 +81,17 @@ pub fn run(args: CostsArgs) -> anyhow::Result<()> {
 
     let mut session = verifier.open_session()?;
     session.prefill(&prompt).context("evaluating the prompt")?;
-    let sizes = measured_sizes(args.block_size);
+    if let Some(bad) = args.sizes.iter().find(|k| !(1..=MAX_BLOCK_SIZE).contains(*k)) {
+        anyhow::bail!("--sizes must each be between 1 and {MAX_BLOCK_SIZE}, got {bad}");
+    }
+    let sizes = if args.sizes.is_empty() {
+        measured_sizes(args.block_size)
+    } else {
+        let mut s: Vec<usize> = std::iter::once(0).chain(args.sizes.iter().copied()).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
     let times = session.measure_verify_times(&sizes, args.repeats.max(1)).context("measuring")?;
     let curve = CostCurve::from_times(&sizes, &times).map_err(anyhow::Error::msg)?;
 
@@ -81,6 +107,21 @@ pub fn run(args: CostsArgs) -> anyhow::Result<()> {
     let batch_invariant = block.accepted == draft.len()
         && block.choices.iter().zip(&single[1..]).all(|(a, b)| a.token == b.token && a.margin.to_bits() == b.margin.to_bits());
 
+    drop(session);
+    let (prompt_eval_tokens, prompt_eval_s) = if args.prompt_eval > 0 {
+        let long: Vec<TokenId> = prompt.iter().copied().cycle().take(args.prompt_eval).collect();
+        let mut best = f64::INFINITY;
+        for _ in 0..args.repeats.max(1) {
+            let mut fresh = verifier.open_session()?;
+            let started = std::time::Instant::now();
+            fresh.prefill(&long).context("timing the prompt evaluation")?;
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        (long.len(), best)
+    } else {
+        (0, 0.0)
+    };
+
     let report = Report {
         model: info.path.display().to_string(),
         model_bytes: std::fs::metadata(&info.path).map_or(0, |m| m.len()),
@@ -88,8 +129,12 @@ pub fn run(args: CostsArgs) -> anyhow::Result<()> {
         kv_cache: args.models.kv_cache.to_string(),
         prompt_tokens: prompt.len(),
         curve,
+        measured: sizes.iter().copied().zip(times.iter().copied()).collect(),
         batch_invariant,
         checked_block: CHECK_BLOCK,
+        prompt_eval_tokens,
+        prompt_eval_s,
+        kernels: duet_verifier::kernels::selected().map_or("llama.cpp", |p| p.name()).to_string(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -102,7 +147,15 @@ pub fn run(args: CostsArgs) -> anyhow::Result<()> {
             report.kv_cache,
             prompt.len()
         );
+        println!("kernels: {}", report.kernels);
         println!("one step: {:.1} ms", report.curve.step_s * 1e3);
+        if prompt_eval_tokens > 0 {
+            println!(
+                "prompt evaluation: {prompt_eval_tokens} tokens in {:.2} s ({:.1} tok/s)",
+                prompt_eval_s,
+                prompt_eval_tokens as f64 / prompt_eval_s
+            );
+        }
         println!("| k | {} |", sizes.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" | "));
         println!("|---|{}", "---|".repeat(sizes.len()));
         println!("| c(k) | {} |", sizes.iter().map(|&k| format!("{:.2}", report.curve.cost(k))).collect::<Vec<_>>().join(" | "));
