@@ -67,12 +67,13 @@ pub fn quantize_row_k(x: &[f32], out: &mut [ActK]) {
     debug_assert_eq!(out.len() * QK_K, x.len());
     for (block, x) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
         block.d = quantize_block(x, &mut block.qs);
-        for s in 0..16 {
-            let sum: i32 = block.qs[16 * s..16 * s + 16].iter().map(|&q| q as i32).sum();
-            block.neg32_sum16[s] = -32 * sum;
+        let mut sum16 = [0i32; 16];
+        for (s, sum) in sum16.iter_mut().enumerate() {
+            *sum = block.qs[16 * s..16 * s + 16].iter().map(|&q| q as i32).sum();
+            block.neg32_sum16[s] = -32 * *sum;
         }
         for j in 0..8 {
-            let sum: i32 = block.qs[32 * j..32 * j + 32].iter().map(|&q| q as i32).sum();
+            let sum = sum16[2 * j] + sum16[2 * j + 1];
             block.min_a[j] = sum.div_euclid(64) as i8;
             block.min_b[j] = sum.rem_euclid(64) as i8;
         }

@@ -57,7 +57,7 @@ unsafe extern "C" fn hook(dst: *const ggml_tensor, ith: c_int, nth: c_int) -> bo
     let (dst, w, x) = unsafe { (&*dst, &*(*dst).src[0], &*(*dst).src[1]) };
     let Some(ty) = WeightType::from_ggml(w.type_) else { return false };
     let flat = |t: &ggml_tensor| t.ne[2] == 1 && t.ne[3] == 1;
-    let f32_rows = |t: &ggml_tensor| t.type_ == GGML_TYPE_F32 && t.nb[0] == 4 && t.nb[1] % 4 == 0;
+    let f32_rows = |t: &ggml_tensor| t.type_ == GGML_TYPE_F32 && t.nb[0] == 4 && t.nb[1].is_multiple_of(4);
     let (k, n, m) = (w.ne[0] as usize, w.ne[1] as usize, x.ne[1] as usize);
     if !(flat(w) && flat(x) && flat(dst) && f32_rows(x) && f32_rows(dst))
         || k % ty.block_len() != 0

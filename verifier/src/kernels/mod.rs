@@ -117,11 +117,6 @@ macro_rules! by_rows {
     };
 }
 
-thread_local! {
-    static ACT_K: RefCell<Vec<ActK>> = const { RefCell::new(Vec::new()) };
-    static ACT_0: RefCell<Vec<Act0>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Where a product reads its activations and writes its outputs: `m` rows of `k` floats `x_stride`
 /// floats apart, `m` rows of `n` floats `out_stride` apart.
 #[derive(Clone, Copy)]
@@ -140,38 +135,58 @@ pub struct Rows {
 /// `path` is available; `src` is the tensor `packed` was made for; `rows` describes readable and
 /// writable memory of its sizes; no other thread writes the same outputs.
 pub unsafe fn mul_mat(path: Path, packed: &Packed, src: *const u8, rows: Rows, ith: usize, nth: usize) {
-    let nb = packed.nblocks();
-    // SAFETY: the caller's contract on `rows`.
-    let row = |r: usize| unsafe { std::slice::from_raw_parts(rows.x.add(r * rows.x_stride), packed.k) };
-    if packed.ty.is_k_quant() {
-        ACT_K.with_borrow_mut(|acts| {
-            acts.resize(rows.m * nb, ActK::ZERO);
-            for r in 0..rows.m {
-                quantize_row_k(row(r), &mut acts[r * nb..(r + 1) * nb]);
-            }
-            // SAFETY: the caller's contract.
-            unsafe { tiles(path, packed, src, rows, ith, nth, acts) }
-        })
-    } else {
-        ACT_0.with_borrow_mut(|acts| {
-            acts.resize(rows.m * nb, Act0::ZERO);
-            for r in 0..rows.m {
-                quantize_row_0(row(r), &mut acts[r * nb..(r + 1) * nb]);
-            }
-            // SAFETY: the caller's contract.
-            unsafe { tiles(path, packed, src, rows, ith, nth, acts) }
-        })
+    // SAFETY: the caller's contract.
+    unsafe {
+        if packed.ty.is_k_quant() {
+            ActK::buffer(|acts| quantize_and_run(path, packed, src, rows, ith, nth, acts))
+        } else {
+            Act0::buffer(|acts| quantize_and_run(path, packed, src, rows, ith, nth, acts))
+        }
     }
 }
 
+/// Quantises every row into `acts`, then runs this thread's tiles. Each thread quantises all rows
+/// itself: the rows are few or the product is long, and so no thread waits for another's.
+///
+/// # Safety
+/// As [`mul_mat`]'s.
+unsafe fn quantize_and_run<A: Act>(path: Path, packed: &Packed, src: *const u8, rows: Rows, ith: usize, nth: usize, acts: &mut Vec<A>) {
+    let nb = packed.nblocks();
+    acts.resize(rows.m * nb, A::ZERO);
+    for r in 0..rows.m {
+        // SAFETY: the caller's contract on `rows`.
+        let x = unsafe { std::slice::from_raw_parts(rows.x.add(r * rows.x_stride), packed.k) };
+        A::quantize(x, &mut acts[r * nb..(r + 1) * nb]);
+    }
+    // SAFETY: the caller's contract.
+    unsafe { tiles(path, packed, src, rows, ith, nth, acts) }
+}
+
 /// Activation blocks a kernel family takes.
-trait Act: Sized {
+trait Act: Sized + Copy + 'static {
+    const ZERO: Self;
+    /// Quantises one row into its blocks.
+    fn quantize(x: &[f32], out: &mut [Self]);
+    /// This thread's reusable activation buffer.
+    fn buffer<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
     /// # Safety
     /// As [`mul_mat`]'s.
     unsafe fn run(path: Path, ty: WeightType, rows: usize, tile: *const u8, nb: usize, acts: &[*const Self], out: &mut [[f32; 16]; ROWS]);
 }
 
+thread_local! {
+    static ACT_K: RefCell<Vec<ActK>> = const { RefCell::new(Vec::new()) };
+    static ACT_0: RefCell<Vec<Act0>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Act for ActK {
+    const ZERO: Self = ActK::ZERO;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize_row_k(x, out)
+    }
+    fn buffer<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+        ACT_K.with_borrow_mut(f)
+    }
     unsafe fn run(path: Path, ty: WeightType, rows: usize, tile: *const u8, nb: usize, acts: &[*const Self], out: &mut [[f32; 16]; ROWS]) {
         // SAFETY: the caller's contract.
         unsafe {
@@ -186,6 +201,13 @@ impl Act for ActK {
 }
 
 impl Act for Act0 {
+    const ZERO: Self = Act0::ZERO;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize_row_0(x, out)
+    }
+    fn buffer<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+        ACT_0.with_borrow_mut(f)
+    }
     unsafe fn run(path: Path, ty: WeightType, rows: usize, tile: *const u8, nb: usize, acts: &[*const Self], out: &mut [[f32; 16]; ROWS]) {
         // SAFETY: the caller's contract.
         unsafe {

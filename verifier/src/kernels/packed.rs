@@ -96,11 +96,6 @@ impl Packed {
         // SAFETY: the tile lies inside its chunk.
         unsafe { chunk.as_ptr().cast::<u8>().add((t % CHUNK_TILES) * self.tile_bytes()) }
     }
-
-    /// Bytes held by the packed chunks so far.
-    pub fn bytes_held(&self) -> usize {
-        self.chunks.iter().filter_map(|c| c.get()).map(|c| c.len() * 64).sum()
-    }
 }
 
 type Key = (usize, WeightType, usize, usize);
@@ -174,10 +169,4 @@ impl Drop for Owner {
             map.retain(|_, p| p.owner.load(Ordering::Relaxed) != self.0);
         }
     }
-}
-
-/// Bytes held by all packed copies.
-pub fn bytes_held() -> usize {
-    let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    cache.as_ref().map_or(0, |m| m.values().map(|p| p.bytes_held()).sum())
 }

@@ -69,8 +69,10 @@ fn reference(ty: WeightType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) 
     out
 }
 
-/// The product through the kernels, split over `nth` threads run one after another.
-fn kernels(path: Path, ty: WeightType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, nth: usize) -> Vec<f32> {
+/// The product of `w` with the rows of `x` through the kernels, split over `nth` threads run one
+/// after another.
+fn kernels(path: Path, ty: WeightType, w: &[u8], n: usize, k: usize, x: &[f32], nth: usize) -> Vec<f32> {
+    let m = x.len() / k;
     let rb = k / ty.block_len() * ty.block_bytes();
     let packed = Packed::uncached(ty, k, n, rb);
     let mut out = vec![f32::NAN; m * n];
@@ -103,7 +105,7 @@ fn every_kernel_equals_the_scalar_reference_bit_for_bit() {
         let want = reference(ty, &w, n, k, &x, m);
         assert!(want.iter().all(|v| v.is_finite() && *v != 0.0), "{ty:?}: the test data gives plain values");
         for path in paths() {
-            let got = kernels(path, ty, &w, n, k, &x, m, 1);
+            let got = kernels(path, ty, &w, n, k, &x, 1);
             assert_eq!(bits(&got), bits(&want), "{ty:?} on {path:?}");
         }
     }
@@ -117,10 +119,10 @@ fn a_row_gives_the_same_bits_alone_at_any_position_of_any_batch_and_any_thread_s
         let w = weights(ty, n, k, &mut rng);
         let x = activations(24, k, &mut rng);
         for path in paths() {
-            let alone: Vec<Vec<u32>> = (0..24).map(|r| bits(&kernels(path, ty, &w, n, k, &x[r * k..(r + 1) * k], 1, 1))).collect();
+            let alone: Vec<Vec<u32>> = (0..24).map(|r| bits(&kernels(path, ty, &w, n, k, &x[r * k..(r + 1) * k], 1))).collect();
             for m in [2, 3, 7, 8, 9, 16, 17, 24] {
                 for (first, nth) in [(0, 1), (24 - m, 2), ((24 - m) / 2, 3)] {
-                    let batch = bits(&kernels(path, ty, &w, n, k, &x[first * k..(first + m) * k], m, nth));
+                    let batch = bits(&kernels(path, ty, &w, n, k, &x[first * k..(first + m) * k], nth));
                     for r in 0..m {
                         assert_eq!(&batch[r * n..(r + 1) * n], &alone[first + r][..], "{ty:?} {path:?}: row {r} of {m}, {nth} threads");
                     }
@@ -140,8 +142,8 @@ fn the_avx2_path_gives_the_avx512_bits() {
         let (n, k, m) = (64, 1536, 5);
         let w = weights(ty, n, k, &mut rng);
         let x = activations(m, k, &mut rng);
-        let a = kernels(Path::Avx512Vnni, ty, &w, n, k, &x, m, 2);
-        let b = kernels(Path::Avx2, ty, &w, n, k, &x, m, 2);
+        let a = kernels(Path::Avx512Vnni, ty, &w, n, k, &x, 2);
+        let b = kernels(Path::Avx2, ty, &w, n, k, &x, 2);
         assert_eq!(bits(&a), bits(&b), "{ty:?}");
     }
 }
@@ -168,7 +170,7 @@ fn extreme_weights_and_activations_stay_exact() {
         let x: Vec<f32> = (0..m * k).map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
         let want = reference(ty, &w, n, k, &x, m);
         for path in paths() {
-            assert_eq!(bits(&kernels(path, ty, &w, n, k, &x, m, 1)), bits(&want), "{ty:?} on {path:?}");
+            assert_eq!(bits(&kernels(path, ty, &w, n, k, &x, 1)), bits(&want), "{ty:?} on {path:?}");
         }
     }
 }
