@@ -6,7 +6,7 @@
 use core::arch::x86_64::*;
 
 use super::activation::{Act0, ActK};
-use super::pack::{Q4K_BYTES, Q5_0_BYTES, Q6K_BYTES, Q8_0_BYTES};
+use super::pack::{Q4K_BYTES, Q5_0_BYTES, Q6K_BYTES, Q8_0_BYTES, q6k_scales, q6k_sub};
 
 macro_rules! bcast {
     ($p:expr) => {
@@ -111,10 +111,11 @@ pub unsafe fn q6k<const R: usize>(tile: *const u8, nblocks: usize, acts: &[*cons
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
                 let mut isum = [zero; R];
                 for s in 0..16 {
-                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(32 + 16 * s + 8 * h).cast()));
-                    let v0 = _mm256_loadu_si256(p.add(288 + 128 * s + 32 * h).cast());
-                    let v1 = _mm256_loadu_si256(p.add(288 + 128 * s + 64 + 32 * h).cast());
-                    let top = _mm256_loadu_si256(p.add(2336 + 64 * s + 32 * h).cast());
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(q6k_scales(s) + 8 * h).cast()));
+                    let g = p.add(q6k_sub(s));
+                    let v0 = _mm256_loadu_si256(g.add(32 * h).cast());
+                    let v1 = _mm256_loadu_si256(g.add(64 + 32 * h).cast());
+                    let top = _mm256_loadu_si256(g.add(128 + 32 * h).cast());
                     let merge = |nib: __m256i, t: __m256i| _mm256_or_si256(nib, _mm256_and_si256(t, bits54));
                     let w = [
                         merge(_mm256_and_si256(v0, low), _mm256_slli_epi16(top, 4)),

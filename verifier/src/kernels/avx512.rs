@@ -9,7 +9,7 @@
 use core::arch::x86_64::*;
 
 use super::activation::{Act0, ActK};
-use super::pack::{Q4K_BYTES, Q5_0_BYTES, Q6K_BYTES, Q8_0_BYTES};
+use super::pack::{Q4K_BYTES, Q5_0_BYTES, Q6K_BYTES, Q8_0_BYTES, q6k_scales, q6k_sub};
 
 /// Four activation bytes, broadcast to every lane.
 macro_rules! bcast {
@@ -99,12 +99,13 @@ pub unsafe fn q6k<const R: usize>(tile: *const u8, nblocks: usize, acts: &[*cons
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
             let mut isum = [zero; R];
             for s in 0..16 {
-                let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(32 + 16 * s).cast()));
+                let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(q6k_scales(s)).cast()));
                 // Low nibbles of groups 2s and 2s + 1, then the top two bits of all four brought to
                 // bits 5:4 and merged in (`a | (b & c)` is ternary-logic table 0xF8).
-                let v0 = _mm512_loadu_si512(p.add(288 + 128 * s).cast());
-                let v1 = _mm512_loadu_si512(p.add(288 + 128 * s + 64).cast());
-                let top = _mm512_loadu_si512(p.add(2336 + 64 * s).cast());
+                let g = p.add(q6k_sub(s));
+                let v0 = _mm512_loadu_si512(g.cast());
+                let v1 = _mm512_loadu_si512(g.add(64).cast());
+                let top = _mm512_loadu_si512(g.add(128).cast());
                 let merge = |nib: __m512i, t: __m512i| _mm512_ternarylogic_epi32::<0xF8>(nib, t, bits54);
                 let w = [
                     merge(_mm512_and_si512(v0, low), _mm512_slli_epi16(top, 4)),

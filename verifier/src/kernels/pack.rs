@@ -7,7 +7,8 @@
 //! the batch. The nibbles stay packed (a load of 64 bytes holds two groups of four inputs, low and
 //! high nibble), the fifth bit of Q5_0 weights becomes byte masks (one bit a byte of the register), the
 //! top two bits of Q6_K weights a plane of 2-bit fields that shifts bring into place, and the scales become one byte a lane. Every layout has the same size as llama.cpp's
-//! blocks, except Q4_K (+2.8%: its 6-bit scales and mins unpacked to bytes).
+//! blocks, except Q4_K (+2.8%: its 6-bit scales and mins unpacked to bytes) and Q6_K (+1.0%: padding
+//! that keeps its groups on cache lines).
 //!
 //! Each layout below is a block of one tile: the bytes for one llama.cpp block of each of the 16
 //! outputs. "Lane byte (o, b)" is byte `4·o + b` of a 64-byte group: output `o`, input `b` of four.
@@ -21,11 +22,26 @@ pub const TILE: usize = 16;
 /// (o, b) = `m[o][4q + b]` | 32 nibble groups, group `4j + i`: low nibble of (o, b) = input
 /// `32j + 4i + b`, high nibble = input `32j + 16 + 4i + b`.
 pub const Q4K_BYTES: usize = 64 + 128 + 128 + 2048;
-/// Q6_K: `d` ×16 | `sc[s][o]` 16×16 i8 | 32 nibble groups, group `2s + i`: low = input `16s + 4i + b`,
-/// high = input `16s + 8 + 4i + b` | 16 groups of the top two bits, group `s`: bits 1:0 of (o, b) for
-/// input `16s + b`, bits 3:2 for `16s + 8 + b`, bits 5:4 for `16s + 4 + b`, bits 7:6 for `16s + 12 + b`
-/// (so that shifts by 4, 2, 0 and −2 bring each pair to bits 5:4).
-pub const Q6K_BYTES: usize = 32 + 256 + 2048 + 1024;
+/// Q6_K: `d` ×16 f16, 32 bytes of padding | four quarters of 4 sub-blocks of 16 inputs, each
+/// quarter the scales `sc[s][o]` of its 4 sub-blocks (4×16 i8), then per sub-block `s` 192 bytes:
+/// two nibble groups, group `i`: low = input `16s + 4i + b`, high = input `16s + 8 + 4i + b`; then one
+/// group of the top two bits: bits 1:0 of (o, b) for input `16s + b`, bits 3:2 for `16s + 8 + b`, bits
+/// 5:4 for `16s + 4 + b`, bits 7:6 for `16s + 12 + b` (so that shifts by 4, 2, 0 and −2 bring each pair
+/// to bits 5:4). [`q6k_scales`] and [`q6k_sub`] give the offsets. The kernel reads the block in
+/// order, one cache line after the other: with the scales and the top bits in planes of their own it
+/// read from three places at once and ran at half the memory bandwidth.
+pub const Q6K_BYTES: usize = 64 + 4 * (64 + 4 * 192);
+
+/// Offset of the 16 scales of Q6_K sub-block `s` in a packed block.
+pub const fn q6k_scales(s: usize) -> usize {
+    64 + (64 + 4 * 192) * (s / 4) + 16 * (s % 4)
+}
+
+/// Offset of the weight groups of Q6_K sub-block `s` in a packed block.
+pub const fn q6k_sub(s: usize) -> usize {
+    64 + (64 + 4 * 192) * (s / 4) + 64 + 192 * (s % 4)
+}
+
 /// Q8_0: `d` ×16 | 8 groups, group `g`: (o, b) = `q[o][4g + b] + 128` as an unsigned byte.
 pub const Q8_0_BYTES: usize = 32 + 512;
 /// Q5_0: `d` ×16 | 4 nibble groups, group `i`: low = input `4i + b`, high = input `16 + 4i + b` |
@@ -85,19 +101,19 @@ pub fn pack_block(ty: WeightType, rows: &[&[u8]], b: usize, out: &mut [u8]) {
                 let w = Q6K::decode(raw);
                 put_halves(out, 0, o, &raw[208..210]);
                 for s in 0..16 {
-                    out[32 + 16 * s + o] = w.sc[s] as u8;
+                    out[q6k_scales(s) + o] = w.sc[s] as u8;
                 }
                 for s in 0..16 {
                     for i in 0..2 {
                         for bi in 0..4 {
                             let lo = w.q[16 * s + 4 * i + bi];
                             let hi = w.q[16 * s + 8 + 4 * i + bi];
-                            out[288 + 64 * (2 * s + i) + 4 * o + bi] = (lo & 0xF) | ((hi & 0xF) << 4);
+                            out[q6k_sub(s) + 64 * i + 4 * o + bi] = (lo & 0xF) | ((hi & 0xF) << 4);
                         }
                     }
                     for bi in 0..4 {
                         let top = |k: usize| w.q[16 * s + k + bi] >> 4;
-                        out[2336 + 64 * s + 4 * o + bi] = top(0) | (top(8) << 2) | (top(4) << 4) | (top(12) << 6);
+                        out[q6k_sub(s) + 128 + 4 * o + bi] = top(0) | (top(8) << 2) | (top(4) << 4) | (top(12) << 6);
                     }
                 }
             }
