@@ -100,8 +100,8 @@ pub unsafe fn q6k<const R: usize>(tile: *const u8, nblocks: usize, acts: &[*cons
             let mut isum = [zero; R];
             for s in 0..16 {
                 let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(q6k_scales(s)).cast()));
-                // Low nibbles of groups 2s and 2s + 1, then the top two bits of all four brought to
-                // bits 5:4 and merged in (`a | (b & c)` is ternary-logic table 0xF8).
+                // The sub-block's two nibble groups (low and high nibbles), then the top two bits of
+                // all four brought to bits 5:4 and merged in (`a | (b & c)` is ternary-logic table 0xF8).
                 let g = p.add(q6k_sub(s));
                 let v0 = _mm512_loadu_si512(g.cast());
                 let v1 = _mm512_loadu_si512(g.add(64).cast());

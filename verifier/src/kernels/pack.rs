@@ -6,7 +6,8 @@
 //! bytes adds one step of 16 dot products at once, and the one weight load serves every token row of
 //! the batch. The nibbles stay packed (a load of 64 bytes holds two groups of four inputs, low and
 //! high nibble), the fifth bit of Q5_0 weights becomes byte masks (one bit a byte of the register), the
-//! top two bits of Q6_K weights a plane of 2-bit fields that shifts bring into place, and the scales become one byte a lane. Every layout has the same size as llama.cpp's
+//! top two bits of Q6_K weights groups of 2-bit fields that shifts bring into place, and the scales
+//! become one byte a lane. Every layout has the same size as llama.cpp's
 //! blocks, except Q4_K (+2.8%: its 6-bit scales and mins unpacked to bytes) and Q6_K (+1.0%: padding
 //! that keeps its groups on cache lines).
 //!
@@ -30,16 +31,18 @@ pub const Q4K_BYTES: usize = 64 + 128 + 128 + 2048;
 /// to bits 5:4). [`q6k_scales`] and [`q6k_sub`] give the offsets. The kernel reads the block in
 /// order, one cache line after the other: with the scales and the top bits in planes of their own it
 /// read from three places at once and ran at half the memory bandwidth.
-pub const Q6K_BYTES: usize = 64 + 4 * (64 + 4 * 192);
+pub const Q6K_BYTES: usize = 64 + 4 * Q6K_QUARTER;
+/// Bytes of a quarter of a packed Q6_K block: 4 sub-blocks' scales, then their weight groups.
+const Q6K_QUARTER: usize = 64 + 4 * 192;
 
 /// Offset of the 16 scales of Q6_K sub-block `s` in a packed block.
 pub const fn q6k_scales(s: usize) -> usize {
-    64 + (64 + 4 * 192) * (s / 4) + 16 * (s % 4)
+    64 + Q6K_QUARTER * (s / 4) + 16 * (s % 4)
 }
 
 /// Offset of the weight groups of Q6_K sub-block `s` in a packed block.
 pub const fn q6k_sub(s: usize) -> usize {
-    64 + (64 + 4 * 192) * (s / 4) + 64 + 192 * (s % 4)
+    64 + Q6K_QUARTER * (s / 4) + 64 + 192 * (s % 4)
 }
 
 /// Q8_0: `d` ×16 | 8 groups, group `g`: (o, b) = `q[o][4g + b] + 128` as an unsigned byte.
