@@ -1,7 +1,7 @@
 //! The kernels on AVX-512 with VNNI: one 512-bit register is one 32-bit lane per output of a tile,
 //! `vpdpbusd` adds four products a lane (unsigned weight bytes times four broadcast activation bytes).
 //!
-//! Every function computes `R` token rows (1..=8) of one tile over all its blocks. The integer sums
+//! Every function computes `R` token rows (1..=6) of one tile over all its blocks. The integer sums
 //! are exact, so their order is free; the float steps are the reference's, lane by lane, block after
 //! block: `acc = fma(d_w·d_y, isum, acc)` (and, for Q4_K, `acc = fma(−dmin_w·d_y, summs, acc)`).
 //! Nothing in a lane depends on `R`, on the other rows or on the other lanes.

@@ -85,8 +85,9 @@ impl Path {
     }
 }
 
-/// Token rows a kernel call takes at once (the weights are unpacked once for all of them).
-const ROWS: usize = 8;
+/// The most token rows a kernel call takes at once (the weights are unpacked once for all of them);
+/// each family's own limit is [`Act::MAX_ROWS`].
+const ROWS: usize = 6;
 
 type Kernel<A, const R: usize> = unsafe fn(*const u8, usize, &[*const A; R], &mut [[f32; 16]; R]);
 
@@ -110,9 +111,7 @@ macro_rules! by_rows {
             3 => call::<$act, 3>($module::$kernel::<3>, $tile, $nb, $acts, $out),
             4 => call::<$act, 4>($module::$kernel::<4>, $tile, $nb, $acts, $out),
             5 => call::<$act, 5>($module::$kernel::<5>, $tile, $nb, $acts, $out),
-            6 => call::<$act, 6>($module::$kernel::<6>, $tile, $nb, $acts, $out),
-            7 => call::<$act, 7>($module::$kernel::<7>, $tile, $nb, $acts, $out),
-            _ => call::<$act, 8>($module::$kernel::<8>, $tile, $nb, $acts, $out),
+            _ => call::<$act, 6>($module::$kernel::<6>, $tile, $nb, $acts, $out),
         }
     };
 }
@@ -165,6 +164,11 @@ unsafe fn quantize_and_run<A: Act>(path: Path, packed: &Packed, src: *const u8, 
 /// Activation blocks a kernel family takes.
 trait Act: Sized + Copy + 'static {
     const ZERO: Self;
+    /// Rows a kernel call of this family takes at most: past it the per-row state no longer fits
+    /// the 32 vector registers and spills. Per row, in the caches (`cargo bench -p duet-verifier
+    /// --bench kernels`), the K-quant kernels are fastest at 3–4 rows a call (8 rows: 15–20%
+    /// slower), the 32-wide ones at 4–6.
+    const MAX_ROWS: usize;
     /// Quantises one row into its blocks.
     fn quantize(x: &[f32], out: &mut [Self]);
     /// This thread's reusable activation buffer.
@@ -181,6 +185,7 @@ thread_local! {
 
 impl Act for ActK {
     const ZERO: Self = ActK::ZERO;
+    const MAX_ROWS: usize = 4;
     fn quantize(x: &[f32], out: &mut [Self]) {
         quantize_row_k(x, out)
     }
@@ -202,6 +207,7 @@ impl Act for ActK {
 
 impl Act for Act0 {
     const ZERO: Self = Act0::ZERO;
+    const MAX_ROWS: usize = 6;
     fn quantize(x: &[f32], out: &mut [Self]) {
         quantize_row_0(x, out)
     }
@@ -233,8 +239,12 @@ unsafe fn tiles<A: Act>(path: Path, packed: &Packed, src: *const u8, rows: Rows,
         let tile = unsafe { packed.tile(t, src) };
         let o0 = t * TILE;
         let width = TILE.min(packed.n - o0);
-        for g in (0..rows.m).step_by(ROWS) {
-            let r = ROWS.min(rows.m - g);
+        // The rows in calls of nearly equal size (9 rows: 3 + 3 + 3, not 4 + 4 + 1): a row alone in a
+        // call shares the unpacking of the weights with no other and costs a third more.
+        let calls = rows.m.div_ceil(A::MAX_ROWS);
+        let mut g = 0;
+        for c in 0..calls {
+            let r = rows.m / calls + usize::from(c < rows.m % calls);
             let mut ptrs = [std::ptr::null::<A>(); ROWS];
             for (i, p) in ptrs.iter_mut().take(r).enumerate() {
                 *p = acts[(g + i) * nb..].as_ptr();
@@ -246,6 +256,7 @@ unsafe fn tiles<A: Act>(path: Path, packed: &Packed, src: *const u8, rows: Rows,
                     std::ptr::copy_nonoverlapping(o.as_ptr(), rows.out.add((g + i) * rows.out_stride + o0), width);
                 }
             }
+            g += r;
         }
     }
 }
