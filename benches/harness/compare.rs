@@ -1,12 +1,12 @@
 //! Outputs against `ar`: the lossless check (every greedy hybrid output must equal `ar`'s, token for
 //! token in process, character for character through the server) and, for the lossy diffusion
-//! mode, how far its output strays.
+//! mode and the peers, how far their outputs stray.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::modes::{BenchMode, Transport};
+use super::modes::{BenchMode, Contender, Transport};
 use super::sample::{Output, Sample};
 
 /// A greedy output that differs from its reference. Any one fails the run.
@@ -17,7 +17,7 @@ pub struct Mismatch {
     /// Prompt id.
     pub prompt: String,
     /// The mode whose output differs.
-    pub mode: BenchMode,
+    pub mode: Contender,
     /// Transport of both generations.
     pub transport: Transport,
     /// Concurrency of the differing generation.
@@ -90,6 +90,15 @@ pub fn compare_outputs(reference: &Output, other: &Output) -> Option<Similarity>
     }
 }
 
+/// Compares two samples' outputs: tokens with tokens, text with text, and a peer's text with the
+/// text of `reference`'s tokens.
+pub fn compare_samples(reference: &Sample, other: &Sample) -> Option<Similarity> {
+    match (&reference.output, &other.output) {
+        (Output::Tokens(_), Output::Text(_)) => compare_outputs(&Output::Text(reference.text.clone()), &other.output),
+        (a, b) => compare_outputs(a, b),
+    }
+}
+
 fn levenshtein<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, x) in a.iter().enumerate() {
@@ -113,6 +122,17 @@ pub fn ar_references(samples: &[Sample]) -> HashMap<Key<'_>, &Sample> {
         .filter(|s| s.mode == BenchMode::Ar)
         .map(|s| ((s.suite.as_str(), s.prompt.as_str(), s.transport, s.concurrency), s))
         .collect()
+}
+
+/// The `ar` sample `s` is measured against at `concurrency`: `ar`'s on the same prompt and
+/// transport; for a peer, Duet's `ar` in process, else through the server.
+pub fn reference_of<'a>(refs: &HashMap<Key<'a>, &'a Sample>, s: &'a Sample, concurrency: usize) -> Option<&'a Sample> {
+    let key = |t: Transport| (s.suite.as_str(), s.prompt.as_str(), t, concurrency);
+    if s.mode.is_peer() {
+        refs.get(&key(Transport::InProcess)).or_else(|| refs.get(&key(Transport::Server))).copied()
+    } else {
+        refs.get(&key(s.transport)).copied()
+    }
 }
 
 /// Every greedy output that differs from its reference: each hybrid mode against `ar` at the same
@@ -185,7 +205,7 @@ mod tests {
         ];
         let m = check_lossless(&samples);
         assert_eq!(m.len(), 2, "{m:?}");
-        assert_eq!((m[0].prompt.as_str(), m[0].mode, m[0].first_difference), ("p", BenchMode::HybridNgram, 2));
+        assert_eq!((m[0].prompt.as_str(), m[0].mode, m[0].first_difference), ("p", Contender::Duet(BenchMode::HybridNgram), 2));
         assert_eq!((m[1].prompt.as_str(), m[1].first_difference, m[1].len), ("q", 2, 3));
     }
 
@@ -204,7 +224,7 @@ mod tests {
         ];
         let m = check_lossless(&samples);
         assert_eq!(m.len(), 1, "{m:?}");
-        assert_eq!((m[0].mode, m[0].concurrency, m[0].reference.as_str()), (BenchMode::Ar, 4, "ar at concurrency 1"));
+        assert_eq!((m[0].mode, m[0].concurrency, m[0].reference.as_str()), (Contender::Duet(BenchMode::Ar), 4, "ar at concurrency 1"));
     }
 
     #[test]
@@ -213,7 +233,7 @@ mod tests {
         ar.transport = Transport::Server;
         ar.output = Output::Text("def f(): pass".into());
         let mut hy = ar.clone();
-        hy.mode = BenchMode::HybridNgram;
+        hy.mode = BenchMode::HybridNgram.into();
         hy.output = Output::Text("def f(): return".into());
         let m = check_lossless(&[ar, hy]);
         assert_eq!(m.len(), 1);

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::compare::{ar_references, compare_outputs};
-use super::modes::{BenchMode, Transport};
+use super::compare::{ar_references, compare_samples, reference_of};
+use super::modes::{BenchMode, Contender, Transport};
 use super::sample::{Sample, rate};
 
 /// The cell a summary covers.
@@ -15,8 +15,8 @@ use super::sample::{Sample, rate};
 pub struct CellKey {
     /// Suite name.
     pub suite: String,
-    /// Decoding strategy.
-    pub mode: BenchMode,
+    /// Decoding strategy: a Duet mode or a peer.
+    pub mode: Contender,
     /// In process or through the server.
     pub transport: Transport,
     /// Generations at once.
@@ -55,6 +55,12 @@ pub struct Summary {
     pub decode_speedup_median: Option<f64>,
     /// The lowest of those ratios.
     pub decode_speedup_worst: Option<f64>,
+    /// Median over prompts of (this contender's tok/s) / (the baseline peer's tok/s on the same
+    /// prompt and concurrency): how it compares with the engine a user would run instead (the
+    /// first `--peer`).
+    pub vs_peer_median: Option<f64>,
+    /// The lowest of those ratios.
+    pub vs_peer_worst: Option<f64>,
     /// Mean accepted length τ: tokens per verification round, the verifier's own token included.
     pub mean_accepted_length: Option<f64>,
     /// Draft tokens accepted / drafted.
@@ -135,9 +141,15 @@ pub fn acceptance_by_position(draft_lengths: &[usize], accepted_lengths: &[usize
 }
 
 /// One summary per cell, in a stable order (suite, mode, transport, concurrency). `group_walls`
-/// holds each cell's summed wall time of its concurrent groups.
-pub fn summarize(samples: &[Sample], group_walls: &HashMap<CellKey, f64>) -> Vec<Summary> {
+/// holds each cell's summed wall time of its concurrent groups; `baseline` names the peer the
+/// `vs_peer` ratios are taken against.
+pub fn summarize(samples: &[Sample], group_walls: &HashMap<CellKey, f64>, baseline: Option<&str>) -> Vec<Summary> {
     let refs = ar_references(samples);
+    let baseline_rates: HashMap<(&str, &str, usize), f64> = samples
+        .iter()
+        .filter(|s| s.mode.is_peer() && baseline == Some(s.mode.label()))
+        .map(|s| ((s.suite.as_str(), s.prompt.as_str(), s.concurrency), s.tokens_per_s))
+        .collect();
     let mut cells: BTreeMap<CellKey, Vec<&Sample>> = BTreeMap::new();
     for s in samples {
         cells.entry(CellKey::of(s)).or_default().push(s);
@@ -150,20 +162,27 @@ pub fn summarize(samples: &[Sample], group_walls: &HashMap<CellKey, f64>) -> Vec
             let mut speedups = Vec::new();
             let mut decode_speedups = Vec::new();
             let mut sims = Vec::new();
+            let vs_peer: Vec<f64> = cell
+                .iter()
+                .filter_map(|s| {
+                    let theirs = baseline_rates.get(&(s.suite.as_str(), s.prompt.as_str(), s.concurrency))?;
+                    (*theirs > 0.0 && s.tokens_per_s > 0.0).then(|| s.tokens_per_s / theirs)
+                })
+                .collect();
             for s in &cell {
-                let Some(ar) = refs.get(&(s.suite.as_str(), s.prompt.as_str(), s.transport, s.concurrency)) else {
+                let Some(ar) = reference_of(&refs, s, s.concurrency) else {
                     continue;
                 };
                 if ar.tokens_per_s > 0.0 && s.tokens_per_s > 0.0 {
                     speedups.push(s.tokens_per_s / ar.tokens_per_s);
                 }
                 // The unverified mode delivers whole blocks, so its "decoding phase" is a block or two.
-                if let (true, Some(mine), Some(theirs)) = (s.mode.is_lossless(), decode_rate(s), decode_rate(ar)) {
+                if let (true, Some(mine), Some(theirs)) = (s.mode != BenchMode::Diffusion, decode_rate(s), decode_rate(ar)) {
                     decode_speedups.push(mine / theirs);
                 }
                 // `ar` beside other sessions is compared with `ar` alone, as the lossless check does.
-                let reference = if s.mode == BenchMode::Ar { refs.get(&(s.suite.as_str(), s.prompt.as_str(), s.transport, 1)) } else { Some(ar) };
-                sims.extend(reference.and_then(|r| compare_outputs(&r.output, &s.output)));
+                let reference = if s.mode == BenchMode::Ar { reference_of(&refs, s, 1) } else { Some(ar) };
+                sims.extend(reference.and_then(|r| compare_samples(r, s)));
             }
 
             let stats: Vec<_> = cell.iter().filter_map(|s| s.stats.as_ref()).collect();
@@ -210,6 +229,8 @@ pub fn summarize(samples: &[Sample], group_walls: &HashMap<CellKey, f64>) -> Vec
                 speedup_worst: speedups.iter().copied().reduce(f64::min),
                 decode_speedup_median: (!decode_speedups.is_empty()).then(|| percentile(&decode_speedups, 50.0)),
                 decode_speedup_worst: decode_speedups.iter().copied().reduce(f64::min),
+                vs_peer_median: (!vs_peer.is_empty()).then(|| percentile(&vs_peer, 50.0)),
+                vs_peer_worst: vs_peer.iter().copied().reduce(f64::min),
                 mean_accepted_length: (verified && rounds > 0).then(|| (rounds + accepted) as f64 / rounds as f64),
                 acceptance_rate,
                 acceptance_by_position: if verified { acceptance_by_position(&draft_lengths, &accepted_lengths) } else { Vec::new() },
@@ -248,7 +269,7 @@ mod tests {
         Sample {
             suite: "s".into(),
             prompt: prompt.into(),
-            mode,
+            mode: mode.into(),
             transport: Transport::InProcess,
             concurrency: 1,
             generated_tokens: tokens.len(),
@@ -264,6 +285,25 @@ mod tests {
             text: String::new(),
             output: Output::Tokens(tokens.to_vec()),
         }
+    }
+
+    #[test]
+    fn a_peer_is_compared_by_text_with_duets_ar_and_the_others_against_the_baseline_peer() {
+        let mut ar = sample("a", BenchMode::Ar, 1.0, &[1, 2, 3, 4], None);
+        ar.text = "abcd".into();
+        let peer = |name: &'static str, e2e_s: f64, text: &str| {
+            let mut s = sample("a", BenchMode::Ar, e2e_s, &[0, 0, 0, 0], None);
+            (s.mode, s.transport, s.text, s.output) = (Contender::Peer(name), Transport::Server, text.into(), Output::Text(text.into()));
+            s
+        };
+        let samples = vec![ar, peer("plain", 2.0, "abcd"), peer("spec", 4.0, "abXd")];
+        let sums = summarize(&samples, &HashMap::new(), Some("plain"));
+        let get = |c: Contender| sums.iter().find(|s| s.key.mode == c).expect("summary");
+        let (ar, plain, spec) = (get(BenchMode::Ar.into()), get(Contender::Peer("plain")), get(Contender::Peer("spec")));
+        assert_eq!((ar.vs_peer_median, plain.vs_peer_median, spec.vs_peer_median), (Some(2.0), Some(1.0), Some(0.5)));
+        assert_eq!((plain.speedup_median, plain.identical_to_ar, plain.compared_with_ar), (Some(0.5), 1, 1));
+        assert_eq!((spec.identical_to_ar, spec.first_difference_median), (0, Some(2.0)));
+        assert!(crate::bench::check_lossless(&samples).is_empty(), "a peer's different output is reported, never a failure");
     }
 
     #[test]
@@ -302,7 +342,7 @@ mod tests {
             sample("c", BenchMode::Ar, 1.0, &t, None),
             sample("c", BenchMode::HybridNgram, 0.8, &t, Some(hybrid_stats)),
         ];
-        let sums = summarize(&samples, &HashMap::new());
+        let sums = summarize(&samples, &HashMap::new(), None);
         let hybrid = sums.iter().find(|s| s.key.mode == BenchMode::HybridNgram).expect("hybrid summary");
         assert_eq!(hybrid.speedup_median, Some(1.25));
         assert_eq!(hybrid.speedup_worst, Some(0.5));
@@ -336,7 +376,7 @@ mod tests {
     fn throughput_uses_the_wall_time_of_concurrent_groups() {
         let samples = vec![sample("a", BenchMode::Ar, 2.0, &[1, 2], None), sample("b", BenchMode::Ar, 2.0, &[1, 2], None)];
         let key = CellKey::of(&samples[0]);
-        let sums = summarize(&samples, &HashMap::from([(key, 2.0)]));
+        let sums = summarize(&samples, &HashMap::from([(key, 2.0)]), None);
         assert_eq!(sums[0].throughput_tok_s, 2.0);
         assert_eq!(sums[0].request_tok_s_mean, 1.0);
     }

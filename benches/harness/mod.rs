@@ -4,7 +4,9 @@
 //! same verifier, prompts and threads in one run, and reports each one's throughput, speedup over
 //! `ar` paired per prompt, acceptance, draft lengths, latencies and time split, in process and
 //! through `duet serve`, at each concurrency level; plus the verifier cost curve c(k) and what the
-//! network hops of a split deployment add per round (`--hops`).
+//! network hops of a split deployment add per round (`--hops`). Other engines' servers join the
+//! comparison as peers (`--peer`, [`peers`]): the engine a user would run instead, measured on the
+//! same prompts in the same run.
 //!
 //! Fairness: every model loads once and serves every mode; prompts run in groups of `concurrency`,
 //! and the modes of a group take turns round by round ([`lockstep`]; with `--pairing sequential` or
@@ -27,6 +29,7 @@ mod lockstep;
 mod metrics;
 mod modes;
 mod noise;
+mod peers;
 mod plots;
 mod report;
 mod runner;
@@ -44,7 +47,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use compare::{Mismatch, Similarity, check_lossless, similarity};
 pub use cost::CostPoint;
 pub use metrics::{CellKey, Summary, percentile, summarize};
-pub use modes::{BenchMode, Transport};
+pub use modes::{BenchMode, Contender, Transport};
+pub use peers::Peer;
 pub use report::{Machine, Report};
 pub use runner::{Models, PreparedPrompt};
 pub use sample::{Output, Sample};
@@ -122,6 +126,15 @@ pub struct BenchArgs {
     /// `POST /v1/completions`, streamed. The server should run the same models and threads.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// Also measure another engine's OpenAI-compatible server, as NAME=URL[,JSON object]
+    /// (repeatable; the URL ends at the first comma): every prompt group runs on it right after
+    /// Duet's modes, streamed, greedy, with the same max tokens, and the JSON's fields are merged
+    /// into each request (llama-server: `{"cache_prompt":false}`, so it evaluates every prompt).
+    /// The first peer is the baseline of the "× peer" ratios. Its outputs are compared with Duet's
+    /// `ar` and reported, never a failure. scripts/peers.sh starts stock llama-server's
+    /// configurations and passes them here.
+    #[arg(long = "peer", value_name = "NAME=URL[,JSON]", value_parser = peers::parse)]
+    pub peers: Vec<Peer>,
     /// With --server, measure only through the server (the verifier still loads here, for the
     /// chat template and token counts).
     #[arg(long, requires = "server")]
@@ -194,6 +207,7 @@ fn checked(args: &BenchArgs) -> anyhow::Result<(Vec<BenchMode>, Vec<usize>)> {
         bail!("`--cost-ks` values must be at most {}, got {k}", crate::engine::MAX_BLOCK_SIZE);
     }
     let modes: Vec<BenchMode> = BenchMode::ALL.iter().copied().filter(|m| *m == BenchMode::Ar || args.modes.contains(m)).collect();
+    peers::check_unique(&args.peers).map_err(anyhow::Error::msg)?;
     let mut conc = args.concurrency.clone();
     conc.sort_unstable();
     conc.dedup();
@@ -343,6 +357,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(url) => Some(ServerClient::new(url).with_model(&ServerClient::served_model(url)?)),
         None => None,
     };
+    let peer_clients: Vec<(Contender, ServerClient)> =
+        args.peers.iter().map(|p| Ok((Contender::Peer(p.name), ServerClient::for_peer(p)?))).collect::<anyhow::Result<_>>()?;
     let mut transports = Vec::new();
     if in_process {
         transports.push(Transport::InProcess);
@@ -365,11 +381,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let prompts: usize = suites.iter().map(|s| s.prompts.len()).sum();
-    let warmups = transports.len() * modes.len();
+    let warmups = transports.len() * modes.len() + peer_clients.len();
     let hop_prompts = if in_process { args.hops.unwrap_or(if args.quick { hops::QUICK_PROMPTS } else { hops::DEFAULT_PROMPTS }) } else { 0 };
     let checkpoint = args.diffusion.checkpoint_path().display().to_string();
     let hop_plan = hops::HopPlan::new(hop_prompts, suites.first().map_or(&[][..], |s| &s.prompts[..]), &models, &modes, args.block_size, &checkpoint);
-    let total = transports.len() * levels.len() * prompts * modes.len() * args.repeats
+    let total = (transports.len() * modes.len() + peer_clients.len()) * levels.len() * prompts * args.repeats
         + warmups
         + if in_process { ks.len() * reps } else { 0 }
         + hop_plan.generations();
@@ -390,6 +406,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             bar.inc(1);
         }
     }
+    for (peer, c) in &peer_clients {
+        bar.set_message(format!("warm-up {}", peer.label()));
+        drop(c.complete_plain(&first.text, first.max_tokens.min(8)).with_context(|| format!("warming up peer {}", peer.label()))?);
+        bar.inc(1);
+    }
 
     // The cost curve first: the cost-aware hybrid modes draft by it.
     let cost_curve = if in_process {
@@ -408,32 +429,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut samples = Vec::new();
     let mut walls: HashMap<CellKey, f64> = HashMap::new();
-    for &transport in &transports {
+    for (t, &transport) in transports.iter().enumerate() {
+        // The peers run once, in the first transport's pass, right after Duet's modes.
+        let peers = if t == 0 { &peer_clients[..] } else { &[] };
         for &conc in &levels {
             for s in &suites {
                 for (g, group) in s.prompts.chunks(conc).enumerate() {
                     let group: Vec<&PreparedPrompt> = group.iter().collect();
-                    let mut best: Vec<Option<(Vec<Sample>, f64)>> = vec![None; modes.len()];
+                    let mut best: Vec<Option<(Vec<Sample>, f64)>> = vec![None; modes.len() + peers.len()];
                     let mut keep = |m: usize, got: Vec<Sample>, wall: f64| -> anyhow::Result<()> {
                         best[m] = Some(match best[m].take() {
                             None => (got, wall),
                             Some((kept, kept_wall)) => {
-                                runner::same_outputs(&kept, &got)?;
+                                // A peer need not repeat itself: stock engines are not batch-invariant.
+                                if m < modes.len() {
+                                    runner::same_outputs(&kept, &got)?;
+                                }
                                 if wall < kept_wall { (got, wall) } else { (kept, kept_wall) }
                             }
                         });
                         Ok(())
                     };
                     let in_lockstep = args.pairing == Pairing::Lockstep && transport == Transport::InProcess && lockstep::fits(conc, modes.len());
+                    let what = if conc == 1 { format!("prompt {}/{}", g + 1, s.prompts.len()) } else { format!("group {}/{}", g + 1, s.prompts.len().div_ceil(conc)) };
+                    let say = |msg: String| {
+                        if bar.is_hidden() {
+                            eprintln!("[bench] {msg}");
+                        }
+                        bar.set_message(msg);
+                    };
                     for rep in 0..args.repeats {
                         let run = if args.repeats > 1 { format!(" run {}/{}", rep + 1, args.repeats) } else { String::new() };
                         if in_lockstep {
-                            let what = if conc == 1 { format!("prompt {}/{}", g + 1, s.prompts.len()) } else { format!("group {}/{}", g + 1, s.prompts.len().div_ceil(conc)) };
-                            let msg = format!("{} c{conc} {} {what} all modes in lockstep{run}", transport.label(), s.name);
-                            if bar.is_hidden() {
-                                eprintln!("[bench] {msg}");
-                            }
-                            bar.set_message(msg);
+                            say(format!("{} c{conc} {} {what} all modes in lockstep{run}", transport.label(), s.name));
                             let got = lockstep::run(&models, &modes, &group, args.block_size)?;
                             bar.inc((modes.len() * group.len()) as u64);
                             for (m, samples) in got.into_iter().enumerate() {
@@ -441,34 +469,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                                 let wall = samples.iter().map(|x| x.e2e_s).fold(0.0, f64::max);
                                 keep(m, samples, wall)?;
                             }
-                            continue;
-                        }
-                        for (m, &mode) in modes.iter().enumerate() {
-                            let msg = format!(
-                                "{} c{conc} {} group {}/{} {}{run}",
-                                transport.label(),
-                                s.name,
-                                g + 1,
-                                s.prompts.len().div_ceil(conc),
-                                mode.label()
-                            );
-                            if bar.is_hidden() {
-                                eprintln!("[bench] {msg}");
+                        } else {
+                            for (m, &mode) in modes.iter().enumerate() {
+                                say(format!("{} c{conc} {} {what} {}{run}", transport.label(), s.name, mode.label()));
+                                let (got, wall) = match (transport, &client) {
+                                    (Transport::InProcess, _) => runner::run_group(&group, |p| models.sample(mode, p, args.block_size, conc, None))?,
+                                    (Transport::Server, Some(c)) => {
+                                        runner::run_group(&group, |p| c.sample(mode.into(), p, args.block_size, conc, &count_tokens))?
+                                    }
+                                    (Transport::Server, None) => continue,
+                                };
+                                bar.inc(group.len() as u64);
+                                keep(m, got, wall)?;
                             }
-                            bar.set_message(msg);
-                            let (got, wall) = match (transport, &client) {
-                                (Transport::InProcess, _) => runner::run_group(&group, |p| models.sample(mode, p, args.block_size, conc, None))?,
-                                (Transport::Server, Some(c)) => {
-                                    runner::run_group(&group, |p| c.sample(mode, p, args.block_size, conc, &count_tokens))?
-                                }
-                                (Transport::Server, None) => continue,
-                            };
+                        }
+                        for (j, (peer, c)) in peers.iter().enumerate() {
+                            say(format!("peer {} c{conc} {} {what}{run}", peer.label(), s.name));
+                            let (got, wall) = runner::run_group(&group, |p| c.sample(*peer, p, args.block_size, conc, &count_tokens))?;
                             bar.inc(group.len() as u64);
-                            keep(m, got, wall)?;
+                            keep(modes.len() + j, got, wall)?;
                         }
                     }
-                    for (&mode, kept) in modes.iter().zip(best) {
+                    for (m, kept) in best.into_iter().enumerate() {
                         let Some((got, wall)) = kept else { continue };
+                        let (mode, transport) = match modes.get(m) {
+                            Some(&mode) => (Contender::Duet(mode), transport),
+                            None => (peers[m - modes.len()].0, Transport::Server),
+                        };
                         let key = CellKey { suite: s.name.clone(), mode, transport, concurrency: conc };
                         *walls.entry(key).or_default() += wall;
                         samples.extend(got);
@@ -495,7 +522,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     machine.finish(args.models.threads.unwrap_or_else(duet_verifier::config::default_threads));
 
-    let summaries = summarize(&samples, &walls);
+    let summaries = summarize(&samples, &walls, args.peers.first().map(|p| p.name));
     let mismatches = check_lossless(&samples);
     let plots = plots::write_all(&args.out, &summaries, &samples, &cost_curve)?;
     let report = Report {
@@ -519,6 +546,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             modes: modes.clone(),
             concurrency: levels.clone(),
             server: args.server.clone(),
+            peers: args.peers.clone(),
             in_process,
             suites: suites
                 .iter()
@@ -573,7 +601,7 @@ mod tests {
         let m = Mismatch {
             suite: "edit".into(),
             prompt: "rename-py".into(),
-            mode: BenchMode::HybridNgram,
+            mode: BenchMode::HybridNgram.into(),
             transport: Transport::InProcess,
             concurrency: 1,
             reference: "ar".into(),

@@ -74,13 +74,62 @@ impl BenchMode {
     }
 }
 
+/// One contender of the comparison: one of Duet's modes, or another engine's server (`--peer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Contender {
+    /// A Duet mode.
+    Duet(BenchMode),
+    /// A peer, by the name `--peer` gave it (made `'static` once per run, so that a contender is as
+    /// cheap to copy as a mode).
+    Peer(&'static str),
+}
+
+impl Contender {
+    /// The name in reports: the mode's, or the peer's.
+    pub fn label(self) -> &'static str {
+        match self {
+            Contender::Duet(m) => m.label(),
+            Contender::Peer(name) => name,
+        }
+    }
+
+    /// Whether greedy output must equal `ar`'s: Duet's verified modes only. A peer's outputs are
+    /// compared and reported, never required to match (stock llama.cpp is not batch-invariant).
+    pub fn is_lossless(self) -> bool {
+        matches!(self, Contender::Duet(m) if m.is_lossless())
+    }
+
+    /// Whether this is a peer.
+    pub fn is_peer(self) -> bool {
+        matches!(self, Contender::Peer(_))
+    }
+}
+
+impl From<BenchMode> for Contender {
+    fn from(m: BenchMode) -> Self {
+        Contender::Duet(m)
+    }
+}
+
+impl PartialEq<BenchMode> for Contender {
+    fn eq(&self, m: &BenchMode) -> bool {
+        *self == Contender::Duet(*m)
+    }
+}
+
+impl Serialize for Contender {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
 /// Where a generation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
     /// In this process, on the models the harness loaded.
     InProcess,
-    /// Through `duet serve`'s OpenAI-compatible HTTP API (`--server`).
+    /// Through an OpenAI-compatible HTTP API: `duet serve`'s (`--server`) or a peer's (`--peer`).
     Server,
 }
 

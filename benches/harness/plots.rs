@@ -1,6 +1,7 @@
 //! The plots of a run, as SVG files (plotters' SVG backend; text is left to the viewer's fonts):
 //! speedup over `ar` per suite and mode, acceptance by block position, the latency distributions
-//! and the verifier cost curve.
+//! and the verifier cost curve. The peers (`--peer`) are drawn beside Duet's modes as Duet's main
+//! transport measured them (in process when it ran).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +11,7 @@ use plotters::prelude::*;
 
 use super::cost::CostPoint;
 use super::metrics::Summary;
-use super::modes::{BenchMode, Transport};
+use super::modes::{BenchMode, Contender, Transport};
 use super::sample::Sample;
 
 const SIZE: (u32, u32) = (960, 540);
@@ -19,8 +20,27 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing a plot: {e:?}")
 }
 
-fn colour(mode: BenchMode) -> RGBColor {
-    pick(BenchMode::ALL.iter().position(|&m| m == mode).unwrap_or(0))
+/// Every contender of the run in report order, so that each keeps one colour across the plots.
+struct Legend(Vec<Contender>);
+
+impl Legend {
+    fn new(summaries: &[Summary]) -> Self {
+        let mut v: Vec<Contender> = BenchMode::ALL.iter().map(|&m| Contender::Duet(m)).collect();
+        let mut peers: Vec<Contender> = summaries.iter().map(|s| s.key.mode).filter(|m| m.is_peer()).collect();
+        peers.sort();
+        peers.dedup();
+        v.extend(peers);
+        Self(v)
+    }
+
+    fn colour(&self, c: Contender) -> RGBColor {
+        pick(self.0.iter().position(|&m| m == c).unwrap_or(0))
+    }
+
+    /// The contenders present, in legend order.
+    fn present(&self, has: impl Fn(Contender) -> bool) -> Vec<Contender> {
+        self.0.iter().copied().filter(|&c| has(c)).collect()
+    }
 }
 
 fn pick(i: usize) -> RGBColor {
@@ -31,23 +51,26 @@ fn pick(i: usize) -> RGBColor {
 /// Writes every plot into `dir`; returns the file names.
 pub fn write_all(dir: &Path, summaries: &[Summary], samples: &[Sample], cost: &[CostPoint]) -> anyhow::Result<Vec<String>> {
     let mut files = Vec::new();
+    let legend = Legend::new(summaries);
+    let duet = if summaries.iter().any(|s| s.key.transport == Transport::InProcess) { Transport::InProcess } else { Transport::Server };
+    let place = |mode: Contender, transport: Transport| if mode.is_peer() { duet } else { transport };
     let mut cells: BTreeMap<(Transport, usize), Vec<&Summary>> = BTreeMap::new();
     for s in summaries {
-        cells.entry((s.key.transport, s.key.concurrency)).or_default().push(s);
+        cells.entry((place(s.key.mode, s.key.transport), s.key.concurrency)).or_default().push(s);
     }
     for ((transport, conc), cell) in &cells {
         let name = format!("speedup-{}-c{conc}.svg", transport.label());
-        speedup(&dir.join(&name), &format!("Speedup over ar per prompt ({}, concurrency {conc})", transport.label()), cell)?;
+        speedup(&dir.join(&name), &format!("Speedup over ar per prompt ({}, concurrency {conc})", transport.label()), cell, &legend)?;
         files.push(name);
     }
     // Acceptance and latency at the most common setting: in process, one generation at a time.
     let main = cells.keys().find(|(t, c)| *t == Transport::InProcess && *c == 1).or_else(|| cells.keys().next()).copied();
     if let Some((transport, conc)) = main {
         let cell = &cells[&(transport, conc)];
-        acceptance(&dir.join("acceptance.svg"), cell)?;
+        acceptance(&dir.join("acceptance.svg"), cell, &legend)?;
         files.push("acceptance.svg".into());
-        let chosen: Vec<&Sample> = samples.iter().filter(|s| s.transport == transport && s.concurrency == conc).collect();
-        latency(&dir.join("latency.svg"), &chosen, &format!("{}, concurrency {conc}", transport.label()))?;
+        let chosen: Vec<&Sample> = samples.iter().filter(|s| place(s.mode, s.transport) == transport && s.concurrency == conc).collect();
+        latency(&dir.join("latency.svg"), &chosen, &format!("{}, concurrency {conc}", transport.label()), &legend)?;
         files.push("latency.svg".into());
     }
     if cost.len() > 1 {
@@ -58,13 +81,13 @@ pub fn write_all(dir: &Path, summaries: &[Summary], samples: &[Sample], cost: &[
 }
 
 /// Grouped bars: one group per suite, one bar per mode (median speedup), a black tick at the worst.
-fn speedup(path: &Path, title: &str, cell: &[&Summary]) -> anyhow::Result<()> {
+fn speedup(path: &Path, title: &str, cell: &[&Summary], legend: &Legend) -> anyhow::Result<()> {
     let suites: Vec<&str> = {
         let mut v: Vec<&str> = cell.iter().map(|s| s.key.suite.as_str()).collect();
         v.dedup();
         v
     };
-    let modes: Vec<BenchMode> = BenchMode::ALL.iter().copied().filter(|m| cell.iter().any(|s| s.key.mode == *m)).collect();
+    let modes = legend.present(|m| cell.iter().any(|s| s.key.mode == m));
     let top = cell.iter().filter_map(|s| s.speedup_median).fold(1.0f64, f64::max) * 1.15;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -90,7 +113,7 @@ fn speedup(path: &Path, title: &str, cell: &[&Summary]) -> anyhow::Result<()> {
         .map_err(err)?;
     let width = 0.8 / modes.len().max(1) as f64;
     for (j, &mode) in modes.iter().enumerate() {
-        let c = colour(mode);
+        let c = legend.colour(mode);
         let bars: Vec<(f64, f64, f64, Option<f64>)> = suites
             .iter()
             .enumerate()
@@ -115,7 +138,7 @@ fn speedup(path: &Path, title: &str, cell: &[&Summary]) -> anyhow::Result<()> {
 }
 
 /// One line per (suite, verified mode): acceptance share at each block position.
-fn acceptance(path: &Path, cell: &[&Summary]) -> anyhow::Result<()> {
+fn acceptance(path: &Path, cell: &[&Summary], legend: &Legend) -> anyhow::Result<()> {
     let lines: Vec<&&Summary> = cell.iter().filter(|s| !s.acceptance_by_position.is_empty()).collect();
     let longest = lines.iter().map(|s| s.acceptance_by_position.len()).max().unwrap_or(1).max(2);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
@@ -142,7 +165,7 @@ fn acceptance(path: &Path, cell: &[&Summary]) -> anyhow::Result<()> {
         v
     };
     for s in &lines {
-        let c = colour(s.key.mode);
+        let c = legend.colour(s.key.mode);
         // Suites of one mode share its colour and differ by line width.
         let w = 1 + suites.iter().position(|&x| x == s.key.suite).unwrap_or(0) as u32;
         let points: Vec<(f64, f64)> = s.acceptance_by_position.iter().enumerate().map(|(i, &a)| ((i + 1) as f64, a)).collect();
@@ -167,7 +190,7 @@ fn cdf(values: &mut [f64]) -> Vec<(f64, f64)> {
 type Values = fn(&Sample) -> Vec<f64>;
 
 /// Two panels of cumulative distributions per mode: end-to-end latency and inter-token latency.
-fn latency(path: &Path, samples: &[&Sample], setting: &str) -> anyhow::Result<()> {
+fn latency(path: &Path, samples: &[&Sample], setting: &str, legend: &Legend) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (SIZE.0 * 2, SIZE.1)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((1, 2));
@@ -176,7 +199,8 @@ fn latency(path: &Path, samples: &[&Sample], setting: &str) -> anyhow::Result<()
         ("Inter-token latency (gap between deliveries)", |s| s.itl_s.iter().map(|g| g * 1000.0).collect()),
     ];
     for (panel, (title, get)) in panels.iter().zip(extract) {
-        let per_mode: Vec<(BenchMode, Vec<(f64, f64)>)> = BenchMode::ALL
+        let per_mode: Vec<(Contender, Vec<(f64, f64)>)> = legend
+            .0
             .iter()
             .map(|&m| {
                 let mut v: Vec<f64> = samples.iter().filter(|s| s.mode == m).flat_map(|s| get(s)).collect();
@@ -194,7 +218,7 @@ fn latency(path: &Path, samples: &[&Sample], setting: &str) -> anyhow::Result<()
             .map_err(err)?;
         chart.configure_mesh().x_label_formatter(&|x| format!("{x:.0}")).x_desc("ms").y_desc("share at or below").draw().map_err(err)?;
         for (mode, pts) in per_mode {
-            let c = colour(mode);
+            let c = legend.colour(mode);
             chart
                 .draw_series(LineSeries::new(pts, c.stroke_width(2)))
                 .map_err(err)?

@@ -137,6 +137,9 @@ pub struct RunConfig {
     pub concurrency: Vec<usize>,
     /// Server base URL, when measured through one.
     pub server: Option<String>,
+    /// Other engines' servers measured beside Duet's modes (`--peer`); the first is the baseline
+    /// of the `vs_peer` ratios.
+    pub peers: Vec<super::peers::Peer>,
     /// Whether in-process generations ran.
     pub in_process: bool,
     /// Suites.
@@ -178,6 +181,47 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 
 fn ms(s: f64) -> String {
     format!("{:.0}", s * 1000.0)
+}
+
+/// The comparison with the peers: per suite and concurrency, every contender's throughput and its
+/// speed against the baseline peer paired per prompt. Duet's modes are taken in process when they
+/// ran there (the peers' HTTP streaming costs them well under a millisecond per token).
+fn peers_table(o: &mut String, r: &Report) {
+    let Some(baseline) = r.config.peers.first() else { return };
+    let duet_transport = if r.config.in_process { super::Transport::InProcess } else { super::Transport::Server };
+    let rows: Vec<&Summary> = r.summaries.iter().filter(|s| s.key.mode.is_peer() || s.key.transport == duet_transport).collect();
+    let _ = writeln!(
+        o,
+        "\nAgainst the peers (`--peer`; Duet's modes {}): speed over {} paired per prompt, median and worst\n",
+        duet_transport.label(),
+        baseline.name
+    );
+    let _ = writeln!(o, "| suite | conc | engine | tok/s | × {} med / worst | TTFT p50 ms | e2e p50 ms | accepted | identical to ar |", baseline.name);
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+    let mut order: Vec<&&Summary> = rows.iter().collect();
+    order.sort_by_key(|s| (s.key.suite.clone(), s.key.concurrency, s.key.mode.is_peer(), s.key.mode));
+    for s in order {
+        let same = if s.key.mode == BenchMode::Ar && s.key.concurrency == 1 {
+            "reference".to_string()
+        } else {
+            format!("{}/{}", s.identical_to_ar, s.compared_with_ar)
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {}{} | {:.1} | {} / {} | {} | {} | {} | {} |",
+            s.key.suite,
+            s.key.concurrency,
+            if s.key.mode.is_peer() { "" } else { "duet " },
+            s.key.mode.label(),
+            s.throughput_tok_s,
+            opt(s.vs_peer_median, |x| format!("{x:.2}×")),
+            opt(s.vs_peer_worst, |x| format!("{x:.2}×")),
+            ms(s.ttft_p50_s),
+            ms(s.e2e_p50_s),
+            opt(s.acceptance_rate, |x| format!("{:.0}%", x * 100.0)),
+            same
+        );
+    }
 }
 
 /// The markdown table (and notes) printed on stdout.
@@ -257,6 +301,7 @@ pub fn markdown(r: &Report) -> String {
             vs_ar
         );
     }
+    peers_table(&mut o, r);
     if !r.cost_curve.is_empty() {
         let points: Vec<String> = r.cost_curve.iter().map(|p| format!("c({})={:.2}", p.k, p.c)).collect();
         let step = r.cost_curve.iter().find(|p| p.k == 0).map_or(0.0, |p| p.median_s);

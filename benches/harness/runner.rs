@@ -164,7 +164,7 @@ impl Models {
         Ok(Sample {
             suite: prompt.suite.clone(),
             prompt: prompt.id.clone(),
-            mode,
+            mode: mode.into(),
             transport: Transport::InProcess,
             concurrency,
             generated_tokens: g.tokens.len(),

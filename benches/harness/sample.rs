@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use duet_verifier::TokenId;
 use serde::Serialize;
 
-use super::modes::{BenchMode, Transport};
+use super::modes::{Contender, Transport};
 use crate::engine::Stats;
 
 /// What a generation produced: token ids in process, text through the server (the OpenAI API does
@@ -26,8 +26,8 @@ pub struct Sample {
     pub suite: String,
     /// Prompt id within the suite.
     pub prompt: String,
-    /// Decoding strategy.
-    pub mode: BenchMode,
+    /// Decoding strategy: a Duet mode or a peer.
+    pub mode: Contender,
     /// In process or through the server.
     pub transport: Transport,
     /// Generations running at once while this one ran.
@@ -131,11 +131,11 @@ pub fn rate(tokens: usize, seconds: f64) -> f64 {
 
 /// A sample with the given identity, output and times, everything else empty: for tests.
 #[cfg(test)]
-pub fn test_sample(prompt: &str, mode: BenchMode, concurrency: usize, tokens: &[TokenId], ttft_s: f64, e2e_s: f64) -> Sample {
+pub fn test_sample(prompt: &str, mode: super::modes::BenchMode, concurrency: usize, tokens: &[TokenId], ttft_s: f64, e2e_s: f64) -> Sample {
     Sample {
         suite: "s".into(),
         prompt: prompt.into(),
-        mode,
+        mode: mode.into(),
         transport: Transport::InProcess,
         concurrency,
         generated_tokens: tokens.len(),

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
-use super::modes::{BenchMode, Transport};
+use super::modes::{BenchMode, Contender, Transport};
+use super::peers::Peer;
 use super::runner::PreparedPrompt;
 use super::sample::{DeliveryClock, Deliveries, Output, Sample, rate};
 
@@ -35,6 +36,7 @@ pub struct ServerClient {
     agent: ureq::Agent,
     url: String,
     model: String,
+    extra_body: Map<String, Value>,
 }
 
 /// What one streamed completion returned.
@@ -46,9 +48,11 @@ pub struct Completion {
     pub finish_reason: Option<String>,
     /// `usage.completion_tokens`, when the server sent usage.
     pub completion_tokens: Option<usize>,
-    /// `usage.completion_tokens_details.accepted_prediction_tokens`.
+    /// `usage.completion_tokens_details.accepted_prediction_tokens` (Duet), else llama-server's
+    /// `timings.draft_n_accepted`.
     pub accepted_prediction_tokens: Option<usize>,
-    /// `usage.completion_tokens_details.rejected_prediction_tokens`.
+    /// `usage.completion_tokens_details.rejected_prediction_tokens` (Duet), else llama-server's
+    /// `timings.draft_n − timings.draft_n_accepted`.
     pub rejected_prediction_tokens: Option<usize>,
     /// Timing of the events that carried text.
     pub deliveries: Deliveries,
@@ -62,8 +66,18 @@ struct Chunk {
     choices: Vec<ChunkChoice>,
     #[serde(default)]
     usage: Option<Usage>,
+    /// llama-server's own counters, sent with the last chunk.
+    #[serde(default)]
+    timings: Option<Timings>,
     #[serde(default)]
     error: Option<serde_json::Value>,
+}
+
+/// The part of llama-server's `timings` that tells its speculative decoding's acceptance.
+#[derive(Debug, Deserialize)]
+struct Timings {
+    draft_n: Option<usize>,
+    draft_n_accepted: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,7 +109,7 @@ impl ServerClient {
             .timeout_global(Some(Duration::from_secs(3600)))
             .build()
             .into();
-        Self { agent, url: format!("{}/v1/completions", base.trim_end_matches('/')), model: "duet".into() }
+        Self { agent, url: format!("{}/v1/completions", base.trim_end_matches('/')), model: "duet".into(), extra_body: Map::new() }
     }
 
     /// The same client, naming `model` in its requests (the server's `--served-model-name`).
@@ -118,9 +132,20 @@ impl ServerClient {
         body["data"][0]["id"].as_str().map(str::to_owned).with_context(|| format!("GET {url} lists no model"))
     }
 
-    /// Streams one greedy completion of `prompt` in `mode`.
-    pub fn complete(&self, mode: BenchMode, prompt: &str, max_tokens: usize, block_size: usize) -> anyhow::Result<Completion> {
-        let (mode_field, drafter) = mode.server_fields();
+    /// The same client, merging `extra` into every request body (a peer's `--peer` JSON).
+    pub fn with_extra_body(mut self, extra: &Map<String, Value>) -> Self {
+        self.extra_body = extra.clone();
+        self
+    }
+
+    /// A client of `peer`, naming the model it lists.
+    pub fn for_peer(peer: &Peer) -> anyhow::Result<Self> {
+        let model = Self::served_model(&peer.url).with_context(|| format!("peer {} at {}", peer.name, peer.url))?;
+        Ok(Self::new(&peer.url).with_model(&model).with_extra_body(&peer.extra_body))
+    }
+
+    /// The OpenAI fields of a streamed greedy completion, then the extra body.
+    fn body(&self, prompt: &str, max_tokens: usize) -> Value {
         let mut body = json!({
             "model": self.model,
             "prompt": prompt,
@@ -128,14 +153,34 @@ impl ServerClient {
             "temperature": 0.0,
             "stream": true,
             "stream_options": {"include_usage": true},
-            "mode": mode_field,
-            "block_size": block_size,
         });
+        for (k, v) in &self.extra_body {
+            body[k] = v.clone();
+        }
+        body
+    }
+
+    /// Streams one greedy completion of `prompt` in `mode` (Duet's request fields pick it).
+    pub fn complete(&self, mode: BenchMode, prompt: &str, max_tokens: usize, block_size: usize) -> anyhow::Result<Completion> {
+        let (mode_field, drafter) = mode.server_fields();
+        let mut body = self.body(prompt, max_tokens);
+        body["mode"] = json!(mode_field);
+        body["block_size"] = json!(block_size);
         if let Some(d) = drafter {
             body["drafter"] = json!(d);
         }
+        self.stream(&body)
+    }
+
+    /// Streams one greedy completion with the OpenAI fields and the extra body only: what a peer gets.
+    pub fn complete_plain(&self, prompt: &str, max_tokens: usize) -> anyhow::Result<Completion> {
+        self.stream(&self.body(prompt, max_tokens))
+    }
+
+    /// Posts `body` and reads its event stream, timing every event that carries text.
+    fn stream(&self, body: &Value) -> anyhow::Result<Completion> {
         let mut clock = DeliveryClock::start();
-        let response = self.agent.post(&self.url).send_json(&body).with_context(|| format!("POST {}", self.url))?;
+        let response = self.agent.post(&self.url).send_json(body).with_context(|| format!("POST {}", self.url))?;
         let status = response.status();
         let retry_after_s = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
         let mut reader = BufReader::new(response.into_body().into_reader());
@@ -183,11 +228,17 @@ impl ServerClient {
             if delivered {
                 clock.delivered();
             }
+            if let Some(Timings { draft_n: Some(n), draft_n_accepted: Some(a) }) = chunk.timings
+                && out.accepted_prediction_tokens.is_none()
+            {
+                out.accepted_prediction_tokens = Some(a);
+                out.rejected_prediction_tokens = Some(n.saturating_sub(a));
+            }
             if let Some(u) = chunk.usage {
                 out.completion_tokens = u.completion_tokens;
-                if let Some(d) = u.completion_tokens_details {
-                    out.accepted_prediction_tokens = d.accepted_prediction_tokens;
-                    out.rejected_prediction_tokens = d.rejected_prediction_tokens;
+                if let Some(UsageDetails { accepted_prediction_tokens: Some(a), rejected_prediction_tokens: r }) = u.completion_tokens_details {
+                    out.accepted_prediction_tokens = Some(a);
+                    out.rejected_prediction_tokens = r;
                 }
             }
         }
@@ -199,15 +250,17 @@ impl ServerClient {
     /// sent no usage block.
     pub fn sample(
         &self,
-        mode: BenchMode,
+        mode: Contender,
         prompt: &PreparedPrompt,
         block_size: usize,
         concurrency: usize,
         count_tokens: &dyn Fn(&str) -> usize,
     ) -> anyhow::Result<Sample> {
-        let c = self
-            .complete(mode, &prompt.text, prompt.max_tokens, block_size)
-            .with_context(|| format!("{}/{} in mode {} through the server", prompt.suite, prompt.id, mode.label()))?;
+        let c = match mode {
+            Contender::Duet(m) => self.complete(m, &prompt.text, prompt.max_tokens, block_size),
+            Contender::Peer(_) => self.complete_plain(&prompt.text, prompt.max_tokens),
+        }
+        .with_context(|| format!("{}/{} in {} through {}", prompt.suite, prompt.id, mode.label(), self.url))?;
         let generated_tokens = c.completion_tokens.unwrap_or_else(|| count_tokens(&c.text));
         Ok(Sample {
             suite: prompt.suite.clone(),
@@ -306,6 +359,28 @@ mod tests {
         assert_eq!(sent["mode"], "hybrid");
         assert_eq!(sent["drafter"], "ngram");
         assert_eq!(sent["block_size"], 8);
+    }
+
+    #[test]
+    fn a_peer_gets_only_openai_fields_and_its_extra_body_and_its_draft_counts_are_read() {
+        let events = vec![
+            event(json!({"choices": [{"text": "x = 1", "finish_reason": null}]})),
+            event(json!({"choices": [{"text": "", "finish_reason": "length"}], "usage": {"completion_tokens": 4},
+                "timings": {"predicted_n": 4, "draft_n": 6, "draft_n_accepted": 2}})),
+            "data: [DONE]\n\n".to_string(),
+        ];
+        let (url, body) = fake_server("200 OK", events);
+        let peer = super::super::peers::parse(&format!("llama-ngram={url},{{\"cache_prompt\":false}}")).expect("peer");
+        let client = ServerClient::new(&peer.url).with_model("m.gguf").with_extra_body(&peer.extra_body);
+        let c = client.complete_plain("p", 4).expect("completion");
+        assert_eq!((c.text.as_str(), c.completion_tokens), ("x = 1", Some(4)));
+        assert_eq!((c.accepted_prediction_tokens, c.rejected_prediction_tokens), (Some(2), Some(4)));
+        let sent = body.recv().expect("request body");
+        assert_eq!(sent["cache_prompt"], false);
+        assert_eq!((sent["model"].as_str(), sent["temperature"].as_f64(), sent["stream"].as_bool()), (Some("m.gguf"), Some(0.0), Some(true)));
+        for duet_only in ["mode", "drafter", "block_size"] {
+            assert!(sent.get(duet_only).is_none(), "a peer was sent Duet's field {duet_only}");
+        }
     }
 
     #[test]
