@@ -66,7 +66,7 @@ fn max(values: &[f32]) -> f32 {
 /// value): `e^x = 2^n · e^f` with `n` the nearest integer to `x·log2 e`, `f = x − n·ln 2` (ln 2 in
 /// two parts, so `f` keeps its bits) and a degree-7 polynomial for `e^f`, `|f| ≤ ln2/2`. Values at or
 /// below −87 (where `e^x` leaves f32's normal range) give 0.
-pub fn exp_nonpositive(x: f32) -> f32 {
+fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.max(-87.0);
