@@ -134,6 +134,12 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The transport whose Duet rows are set beside the peers': in process when the run measured
+    /// there, else through the server (a peer's own HTTP streaming costs well under a ms a token).
+    pub fn beside_peers(in_process: bool) -> Self {
+        if in_process { Transport::InProcess } else { Transport::Server }
+    }
+
     /// The name in reports.
     pub fn label(self) -> &'static str {
         match self {

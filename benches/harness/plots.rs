@@ -52,7 +52,7 @@ fn pick(i: usize) -> RGBColor {
 pub fn write_all(dir: &Path, summaries: &[Summary], samples: &[Sample], cost: &[CostPoint]) -> anyhow::Result<Vec<String>> {
     let mut files = Vec::new();
     let legend = Legend::new(summaries);
-    let duet = if summaries.iter().any(|s| s.key.transport == Transport::InProcess) { Transport::InProcess } else { Transport::Server };
+    let duet = Transport::beside_peers(summaries.iter().any(|s| s.key.transport == Transport::InProcess));
     let place = |mode: Contender, transport: Transport| if mode.is_peer() { duet } else { transport };
     let mut cells: BTreeMap<(Transport, usize), Vec<&Summary>> = BTreeMap::new();
     for s in summaries {

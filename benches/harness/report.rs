@@ -188,8 +188,8 @@ fn ms(s: f64) -> String {
 /// ran there (the peers' HTTP streaming costs them well under a millisecond per token).
 fn peers_table(o: &mut String, r: &Report) {
     let Some(baseline) = r.config.peers.first() else { return };
-    let duet_transport = if r.config.in_process { super::Transport::InProcess } else { super::Transport::Server };
-    let rows: Vec<&Summary> = r.summaries.iter().filter(|s| s.key.mode.is_peer() || s.key.transport == duet_transport).collect();
+    let duet_transport = super::Transport::beside_peers(r.config.in_process);
+    let mut rows: Vec<&Summary> = r.summaries.iter().filter(|s| s.key.mode.is_peer() || s.key.transport == duet_transport).collect();
     let _ = writeln!(
         o,
         "\nAgainst the peers (`--peer`; Duet's modes {}): speed over {} paired per prompt, median and worst\n",
@@ -198,9 +198,9 @@ fn peers_table(o: &mut String, r: &Report) {
     );
     let _ = writeln!(o, "| suite | conc | engine | tok/s | × {} med / worst | TTFT p50 ms | e2e p50 ms | accepted | identical to ar |", baseline.name);
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
-    let mut order: Vec<&&Summary> = rows.iter().collect();
-    order.sort_by_key(|s| (s.key.suite.clone(), s.key.concurrency, s.key.mode.is_peer(), s.key.mode));
-    for s in order {
+    // Duet's modes before the peers within a suite and level (`Contender` orders them so).
+    rows.sort_by(|a, b| (&a.key.suite, a.key.concurrency, a.key.mode).cmp(&(&b.key.suite, b.key.concurrency, b.key.mode)));
+    for s in rows {
         let same = if s.key.mode == BenchMode::Ar && s.key.concurrency == 1 {
             "reference".to_string()
         } else {
